@@ -1,0 +1,125 @@
+"""``tsc-edge``: the edge agent's command line.
+
+Exit status: 0 when everything checked is clean, 1 when a plan or configuration breaks a rule,
+2 when the input cannot be read at all (a missing file, bad TOML, an unknown key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from edge_agent.config import SiteConfig, convert, load_intersection, load_site, load_toml
+from edge_agent.errors import ConfigError
+from edge_agent.guard import check_plan
+from edge_agent.plan import TimingPlan
+from edge_agent.registers import RegisterMap
+
+EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def load_plan(path: str | Path) -> TimingPlan:
+    """A plan file: TOML (for people) or JSON (the wire form), chosen by the file suffix."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) \
+                from exc
+        return convert(data, TimingPlan, file=str(path))
+    return load_toml(path, TimingPlan)
+
+
+def _check_plan(args: argparse.Namespace) -> int:
+    intersection = load_intersection(args.intersection, args.id)
+    plan = load_plan(args.plan)
+    violations = check_plan(plan, intersection)
+    if args.json:
+        print(json.dumps({
+            "plan_id": plan.plan_id,
+            "intersection_id": intersection.id,
+            "accepted": not violations,
+            "violations": [{"rule": v.rule.value, "phase": v.phase, "value": v.value,
+                            "limit": v.limit, "message": v.message} for v in violations],
+        }))
+    elif violations:
+        print(f"plan {plan.plan_id} for {intersection.id}: REJECTED, "
+              f"{len(violations)} violation{'s' if len(violations) != 1 else ''}")
+        for violation in violations:
+            print(f"  {violation}")
+    else:
+        print(f"plan {plan.plan_id} for {intersection.id}: OK (cycle {plan.cycle:g} s, "
+              f"{len(plan.timings)} phases)")
+    return EXIT_VIOLATIONS if violations else EXIT_CLEAN
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    for path in args.files:
+        try:
+            kind = "register map" if "device" in tomllib.loads(
+                Path(path).read_text(encoding="utf-8")) else "site"
+        except (OSError, tomllib.TOMLDecodeError):
+            kind = "site"  # let the loader report the read or syntax error with its location
+        if kind == "register map":
+            registers = load_toml(path, RegisterMap)
+            writable = sum(1 for r in registers.registers if r.access.value == "write")
+            print(f"{path}: OK, register map of {registers.device.id}: "
+                  f"{len(registers.registers)} registers, {writable} writable")
+        else:
+            site: SiteConfig = load_site(path)
+            ids = ", ".join(i.id for i in site.intersections)
+            print(f"{path}: OK, site {site.site}: {ids}"
+                  + (f"; corridors {', '.join(c.id for c in site.corridors)}"
+                     if site.corridors else ""))
+    return EXIT_CLEAN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="tsc-edge",
+        description="Edge agent of the adaptive traffic-signal control service: checks timing "
+                    "plans and configuration files against the safety guard.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser(
+        "check-plan", help="check a timing plan against an intersection's safety rules",
+        description="Print every safety rule a timing plan breaks (conflicting greens, yellow "
+                    "and red clearance, minimum greens, pedestrian timings, cycle, barriers, "
+                    "offset). Exits 1 if there is any, 0 if the plan is clean.")
+    check.add_argument("plan", metavar="PLAN", help="plan file (.toml, or .json wire form)")
+    check.add_argument("--intersection", required=True, metavar="CONFIG",
+                       help="site file (TOML) describing the intersection")
+    check.add_argument("--id", metavar="ID",
+                       help="which intersection of the site file (needed if it holds several)")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead")
+    check.set_defaults(func=_check_plan)
+
+    config = sub.add_parser(
+        "check-config", help="validate site and register-map files",
+        description="Load configuration files as the agent would at start-up and report the "
+                    "first problem of each with its file, key and line.")
+    config.add_argument("files", nargs="+", metavar="FILE")
+    config.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tsc-edge``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"tsc-edge: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
