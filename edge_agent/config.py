@@ -24,7 +24,7 @@ __all__ = ["Corridor", "Link", "SiteConfig", "load_site", "load_toml", "load_int
 T = TypeVar("T")
 
 
-class Link(Contract):
+class Link(Contract, kw_only=True):
     """The road between two neighbouring intersections of a corridor, in travel direction."""
 
     upstream: Ident
@@ -38,7 +38,7 @@ class Link(Contract):
         require_finite(self.speed_mps, f"{where}.speed_mps", minimum=0.5)
 
 
-class Corridor(Contract):
+class Corridor(Contract, kw_only=True):
     """Intersections coordinated together, listed in order along the corridor."""
 
     id: Ident
@@ -57,7 +57,7 @@ class Corridor(Contract):
                 require(end in members, f"{where}.links", f"{end!r} is not in the corridor")
 
 
-class SiteConfig(Contract):
+class SiteConfig(Contract, kw_only=True):
     """Everything a site file declares."""
 
     site: Ident

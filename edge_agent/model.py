@@ -48,7 +48,10 @@ PhaseNumber = Annotated[int, msgspec.Meta(ge=1, le=MAX_PHASE)]
 class Contract(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
-    """Base of every contract value object: frozen, keyword-only, strict on decode."""
+    """Base of every contract value object: frozen, strict on decode.
+
+    msgspec does not inherit ``kw_only``: every subclass states ``kw_only=True`` itself.
+    """
 
 
 def require(condition: bool, field: str, message: str) -> None:
@@ -129,7 +132,7 @@ class ClearancePolicy(str, enum.Enum):
     HARD_FLOORS = "hard-floors"
 
 
-class ApproachConfig(Contract):
+class ApproachConfig(Contract, kw_only=True):
     """One approach (leg) of the intersection.
 
     ``speed_mps`` is the 85th-percentile or posted approach speed used for the ITE change
@@ -154,7 +157,7 @@ class ApproachConfig(Contract):
         require_unique(list(self.lanes), f"approach {self.id}.lanes")
 
 
-class Movement(Contract):
+class Movement(Contract, kw_only=True):
     """A stream of traffic (or pedestrians) from one approach, served by one or more phases."""
 
     id: Ident
@@ -170,7 +173,7 @@ class Movement(Contract):
             require_ident(lane, f"movement {self.id}.lanes")
 
 
-class Detector(Contract):
+class Detector(Contract, kw_only=True):
     """A detector on a lane: ``position_m`` is its distance upstream of the stop line."""
 
     id: Ident
@@ -188,7 +191,7 @@ class Detector(Contract):
         require(self.length_m > 0.0, f"detector {self.id}.length_m", "must be > 0")
 
 
-class Phase(Contract):
+class Phase(Contract, kw_only=True):
     """A signal phase (NEMA phase / signal group) and its configured timing.
 
     Timing fields are the intersection's own settings: the bounds an engineer allows and the
@@ -227,7 +230,7 @@ class Phase(Contract):
         return self.crossing_length_m > 0.0
 
 
-class Intersection(Contract, dict=True):
+class Intersection(Contract, kw_only=True, dict=True):
     """A signalised intersection: geometry, detectors, phases, rings/barriers and conflicts.
 
     ``rings[r][b]`` is the ordered tuple of phase numbers of ring ``r`` in barrier group ``b``;

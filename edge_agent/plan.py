@@ -43,7 +43,7 @@ class PlanSource(str, enum.Enum):
     TIME_OF_DAY = "time-of-day"
 
 
-class PhaseTiming(Contract):
+class PhaseTiming(Contract, kw_only=True):
     """One phase's timing inside a plan.
 
     ``split`` is the phase's share of the cycle including its own ``yellow`` and
@@ -72,7 +72,7 @@ class PhaseTiming(Contract):
         return self.split - self.yellow - self.red_clearance
 
 
-class TimingPlan(Contract):
+class TimingPlan(Contract, kw_only=True):
     """A complete timing plan for one intersection.
 
     ``rings[r]`` is the sequence of phase timings of ring ``r``, in running order from local

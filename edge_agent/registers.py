@@ -104,7 +104,7 @@ _BIT_TABLES = (Table.COIL, Table.DISCRETE)
 _WRITABLE_TABLES = (Table.COIL, Table.HOLDING)
 
 
-class Register(Contract):
+class Register(Contract, kw_only=True):
     """One entry of a register map. ``value = raw * scale`` on read, ``raw = value / scale``."""
 
     name: Ident
@@ -149,7 +149,7 @@ class Register(Contract):
         return _WIDTH[DataType(self.type)]
 
 
-class DeviceSettings(Contract):
+class DeviceSettings(Contract, kw_only=True):
     """How to reach one Modbus device and how often to poll it."""
 
     id: Ident
@@ -191,7 +191,7 @@ class DeviceSettings(Contract):
             require(bool(self.serial_port), "device.serial_port", "required for rtu")
 
 
-class RegisterMap(Contract):
+class RegisterMap(Contract, kw_only=True):
     """A device and its registers; registers of one table must not overlap."""
 
     device: DeviceSettings
