@@ -30,6 +30,9 @@ def load_plan(path: str | Path) -> TimingPlan:
             data = json.loads(text)
         except OSError as exc:
             raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                              file=str(path)) from exc
         except json.JSONDecodeError as exc:
             raise ConfigError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) \
                 from exc
@@ -61,24 +64,31 @@ def _check_plan(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    failed = 0
     for path in args.files:
         try:
-            kind = "register map" if "device" in tomllib.loads(
-                Path(path).read_text(encoding="utf-8")) else "site"
-        except (OSError, tomllib.TOMLDecodeError):
-            kind = "site"  # let the loader report the read or syntax error with its location
-        if kind == "register map":
-            registers = load_toml(path, RegisterMap)
-            writable = sum(1 for r in registers.registers if r.access.value == "write")
-            print(f"{path}: OK, register map of {registers.device.id}: "
-                  f"{len(registers.registers)} registers, {writable} writable")
-        else:
-            site: SiteConfig = load_site(path)
-            ids = ", ".join(i.id for i in site.intersections)
-            print(f"{path}: OK, site {site.site}: {ids}"
-                  + (f"; corridors {', '.join(c.id for c in site.corridors)}"
-                     if site.corridors else ""))
-    return EXIT_CLEAN
+            print(f"{path}: OK, {_describe_config(path)}")
+        except ConfigError as exc:  # report it and go on: one run shows every broken file
+            print(f"tsc-edge: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_BAD_INPUT if failed else EXIT_CLEAN
+
+
+def _describe_config(path: str) -> str:
+    """Load one site or register-map file as the agent would; a one-line summary of it."""
+    try:
+        is_register_map = "device" in tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        is_register_map = False  # let the loader report the read or syntax error in full
+    if is_register_map:
+        registers = load_toml(path, RegisterMap)
+        writable = sum(1 for r in registers.registers if r.access.value == "write")
+        return (f"register map of {registers.device.id}: {len(registers.registers)} registers, "
+                f"{writable} writable")
+    site: SiteConfig = load_site(path)
+    corridors = ", ".join(c.id for c in site.corridors)
+    return (f"site {site.site}: {', '.join(i.id for i in site.intersections)}"
+            + (f"; corridors {corridors}" if corridors else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,6 +88,9 @@ def load_toml(path: str | Path, schema: type[T]) -> T:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                          file=str(path)) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -133,6 +136,8 @@ def load_intersection(path: str | Path, intersection_id: str | None = None) -> I
         raise ConfigError(str(exc.args[0]), file=str(path)) from None
 
 
+# A table header, ``[name]`` or ``[[name]]`` (not an array value such as ``["a", "b"]``).
+_HEADER = re.compile(r"^\s*\[\[?\s*[A-Za-z_][\w.\- ]*\]\]?\s*(?:#.*)?$")
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _FIELD = re.compile(r"field `(?P<field>[^`]+)`")
 
@@ -151,14 +156,14 @@ def _split_validation_error(text: str) -> tuple[str, str | None]:
 def find_line(text: str, key: str | None) -> int | None:
     """Best-effort line of ``key`` (e.g. ``intersections[0].phases[2].yellow``) in TOML text.
 
-    Walks ``[[array.of.tables]]`` headers by their index, then looks for ``name =`` after the
+    Walks ``[[array.of.tables]]`` headers by their index, then looks for ``name =`` inside the
     table found; gives up (None) for layouts it cannot follow, such as inline tables.
     """
     if not text or not key:
         return None
     lines = text.splitlines()
     parts = re.findall(r"([^.\[\]]+)|\[(\d+)\]", key)
-    start, table = 0, ""
+    start, table, end = 0, "", len(lines)
     leaf: str | None = None
     for name, index in parts:
         if name:
@@ -170,10 +175,14 @@ def find_line(text: str, key: str | None) -> int | None:
         if int(index) >= len(hits):
             break
         start, leaf = hits[int(index)], None
+        # The table's own keys end at the next header: a key missing here must not be found
+        # in a later table (a missing ``yellow`` would otherwise point at the next phase's).
+        end = next((n for n in range(start + 1, len(lines)) if _HEADER.match(lines[n])),
+                   len(lines))
     if leaf is None:
         return start + 1
     pattern = re.compile(rf"^\s*{re.escape(leaf)}\s*=|[{{,]\s*{re.escape(leaf)}\s*=")
-    for n in range(start, len(lines)):
+    for n in range(start, end):
         if pattern.search(lines[n]):
             return n + 1
     return None

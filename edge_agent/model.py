@@ -264,6 +264,11 @@ class Intersection(Contract, kw_only=True, dict=True):
         for m in self.movements:
             require(m.approach in approach_ids, f"{where}.movements.{m.id}.approach",
                     f"unknown approach {m.approach!r}")
+            approach_lanes = self.approach_by_id[m.approach].lanes
+            for lane in m.lanes:
+                require(not approach_lanes or lane in approach_lanes,
+                        f"{where}.movements.{m.id}.lanes",
+                        f"lane {lane!r} is not a lane of approach {m.approach!r}")
         movement_ids = {m.id for m in self.movements}
         for p in self.phases:
             for mid in p.movements:

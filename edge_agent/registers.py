@@ -13,6 +13,7 @@ import enum
 import struct
 
 from edge_agent.model import (
+    MAX_PHASE,
     Contract,
     Ident,
     coerce_enum,
@@ -142,6 +143,14 @@ class Register(Contract, kw_only=True):
         if self.signal in (Signal.PLAN_SPLIT, Signal.PLAN_MIN_GREEN, Signal.PLAN_MAX_GREEN,
                            Signal.PHASE_HOLD, Signal.PHASE_FORCE_OFF):
             require(self.phase is not None, f"{where}.phase", f"{self.signal.value} needs a phase")
+        if self.signal == Signal.QUEUE_LENGTH:
+            require(self.lane is not None, f"{where}.lane", "queue.length needs the lane id")
+        if self.signal == Signal.CONTROLLER_PHASE:
+            require(self.ring is not None, f"{where}.ring", "controller.phase needs the ring")
+        if self.phase is not None:
+            require_int(self.phase, f"{where}.phase", 1, MAX_PHASE)
+        if self.ring is not None:
+            require_int(self.ring, f"{where}.ring", 1, 4)
 
     @property
     def width(self) -> int:
@@ -242,15 +251,17 @@ def decode_value(reg: Register, raw: list[int] | list[bool], order: WordOrder) -
 
 def encode_value(reg: Register, value: float, order: WordOrder) -> list[int]:
     """Raw words for an engineering value; ValueError if it does not fit the data type."""
-    require_finite(float(value), f"register {reg.name}")
     if reg.type == DataType.BOOL:
+        require(isinstance(value, (bool, int, float)) and value in (0, 1), f"register {reg.name}",
+                f"a bool register takes 0/1 or True/False, got {value!r}")
         return [1 if value else 0]
+    require_finite(value, f"register {reg.name}")
     raw = value / reg.scale
     if reg.type != DataType.FLOAT32:
         raw = round(raw)
     try:
         packed = struct.pack(_STRUCT[reg.type], raw)
-    except struct.error:
+    except (struct.error, OverflowError):  # float32 overflow is an OverflowError
         raise ValueError(f"register {reg.name}: {value!r} does not fit {reg.type.value}") from None
     words = [int.from_bytes(packed[i:i + 2], "big") for i in range(0, len(packed), 2)]
     return list(reversed(words)) if order == WordOrder.LITTLE and len(words) == 2 else words
