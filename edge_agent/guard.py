@@ -24,6 +24,7 @@ __all__ = [
     "Violation",
     "check_plan",
     "check_intersection",
+    "check_switch",
     "ite_change_interval",
     "YELLOW_FLOOR_S",
     "RED_CLEARANCE_MAX_S",
@@ -123,6 +124,32 @@ def check_intersection(intersection: Intersection) -> list[Violation]:
                                            phase.walk, phase.ped_clearance, phase,
                                            intersection))
     return violations
+
+
+def check_switch(intersection: Intersection, current: int, green_elapsed: float,
+                 target: int) -> list[Violation]:
+    """The rules a local decision to end ``current``'s green and serve ``target`` next breaks.
+
+    Controllers that decide phase by phase (actuation at the edge, max-pressure in the
+    harness) ask this before every change: the phase ending must have had its minimum green,
+    and both phases must be this intersection's. Phases of different rings are not switched
+    one to another. The change and clearance intervals that follow are the configured ones,
+    already checked by :func:`check_intersection`.
+    """
+    known = intersection.phase_by_number
+    out = [Violation(Rule.UNKNOWN_PHASE, "not a phase of this intersection", phase=n)
+           for n in sorted({current, target}) if n not in known]
+    if out:
+        return out
+    if intersection.phase_location(current)[0] != intersection.phase_location(target)[0]:
+        out.append(Violation(Rule.RING_STRUCTURE, f"cannot hand over to phase {target} of "
+                                                  f"another ring", phase=current))
+    minimum = known[current].min_green
+    if green_elapsed < minimum - 1e-9:
+        out.append(Violation(Rule.MIN_GREEN, f"green ends after {green_elapsed:.1f} s, before "
+                                             f"its min green {minimum:.1f} s", current,
+                             green_elapsed, minimum))
+    return out
 
 
 def _check_intervals(number: int, yellow: float, red: float, walk: float, ped_clearance: float,

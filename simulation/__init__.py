@@ -1,0 +1,1 @@
+"""SUMO harness: scenarios, SUMO sessions, KPIs and episode runs."""
