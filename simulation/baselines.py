@@ -65,24 +65,33 @@ class MaxPressure:
 
     def __init__(self, session: Any, imported: ImportedNet, drivers: dict[str, SignalDriver], *,
                  period: float = 5.0, min_green: float = 5.0, reach_m: float = 200.0) -> None:
+        import sumolib  # the simulation extra provides it
+
         self.conn, self.drivers = session.conn, drivers
         self.period, self.min_green, self.reach = period, min_green, reach_m
         self.lanes = _Lanes(imported).by_phase
-        self.length = {lane: self.conn.lane.getLength(lane)
-                       for phases in self.lanes.values() for pairs in phases.values()
-                       for pair in pairs for lane in pair}
+        net = sumolib.net.readNet(str(session.scenario.net_file))
+        # The 200 m reach runs across lane boundaries: a short controlled lane (a stub before
+        # the stop line) would otherwise hide the queue on the lanes feeding it.
+        self.upstream = {i: _reach(net, i, reach_m, upstream=True)
+                         for phases in self.lanes.values() for pairs in phases.values()
+                         for i, _ in pairs}
+        self.downstream = {o: _reach(net, o, reach_m, upstream=False)
+                           for phases in self.lanes.values() for pairs in phases.values()
+                           for _, o in pairs}
         self._since_decision = 0.0
 
-    def _count(self, lane: str, upstream: bool) -> int:
-        """Vehicles on ``lane`` within reach of the stop line (upstream) or of its start."""
-        length = self.length[lane]
-        if length <= self.reach:
-            return self.conn.lane.getLastStepVehicleNumber(lane)
-        position = self.conn.vehicle.getLanePosition
-        ids = self.conn.lane.getLastStepVehicleIDs(lane)
-        if upstream:
-            return sum(1 for v in ids if position(v) >= length - self.reach)
-        return sum(1 for v in ids if position(v) <= self.reach)
+    def _count(self, segments: list[tuple[str, float, float, float]]) -> int:
+        """Vehicles on the (lane, from, to, length) stretches of a reach."""
+        total = 0
+        for lane, start, end, length in segments:
+            if start <= 0.0 and end >= length:
+                total += self.conn.lane.getLastStepVehicleNumber(lane)
+            else:
+                position = self.conn.vehicle.getLanePosition
+                total += sum(1 for v in self.conn.lane.getLastStepVehicleIDs(lane)
+                             if start <= position(v) <= end)
+        return total
 
     def step(self, time: float) -> None:
         for driver in self.drivers.values():
@@ -96,7 +105,8 @@ class MaxPressure:
         def count(lane: str, upstream: bool) -> int:
             key = (lane, upstream)
             if key not in counts:
-                counts[key] = self._count(lane, upstream)
+                counts[key] = self._count(self.upstream[lane] if upstream
+                                          else self.downstream[lane])
             return counts[key]
 
         for tls_id, driver in self.drivers.items():
@@ -108,6 +118,33 @@ class MaxPressure:
             best = max(pressure, key=lambda n: (pressure[n], n == driver.phase))
             if best != driver.phase and pressure[best] > pressure[driver.phase]:
                 driver.switch_to(best)
+
+
+def _reach(net: Any, lane_id: str, reach: float, *, upstream: bool,
+           depth: int = 6) -> list[tuple[str, float, float, float]]:
+    """(lane, from, to, length) stretches within ``reach`` metres of a lane's stop line
+    (upstream, following the lanes that feed it) or of its start (downstream, following the
+    lanes it feeds). Internal junction lanes are skipped: vehicles there are counted nowhere.
+    """
+    out: list[tuple[str, float, float, float]] = []
+    frontier = [(net.getLane(lane_id), reach)]
+    seen = {lane_id}
+    for _ in range(depth):
+        nxt = []
+        for lane, left in frontier:
+            length = lane.getLength()
+            out.append((lane.getID(), max(0.0, length - left), length, length) if upstream
+                       else (lane.getID(), 0.0, min(left, length), length))
+            if left > length:
+                more = lane.getIncoming() if upstream else lane.getOutgoingLanes()
+                for other in more:
+                    if other.getID() not in seen and not other.getID().startswith(":"):
+                        seen.add(other.getID())
+                        nxt.append((other, left - length))
+        frontier = nxt
+        if not frontier:
+            break
+    return out
 
 
 class Webster:

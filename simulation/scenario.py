@@ -16,11 +16,14 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
+import xml.parsers.expat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["Demand", "PlannedVehicle", "Scenario", "ScenarioError", "load_scenario", "read_demand"]
+__all__ = [
+    "Demand", "PlannedVehicle", "Scenario", "ScenarioError", "check_well_formed", "load_scenario", "read_demand",
+]
 
 #: Episode length used when neither the cfg nor the caller gives an end (RESCO's one hour).
 DEFAULT_EPISODE_S = 3600.0
@@ -116,6 +119,28 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
     if cfgs:
         return _from_config(cfgs[0].resolve())
     return _from_folder(p.resolve())
+
+
+def check_well_formed(scenario: Scenario) -> None:
+    """Check that every input file of the scenario is well-formed XML.
+
+    SUMO 1.28 crashes (segmentation fault) on a truncated or malformed net file instead of
+    reporting it; inside libsumo that kills the caller's process, so check first. Streaming
+    with expat costs about 10 ms per MB.
+
+    Raises:
+        ScenarioError: a file is not well-formed; the message names the file and line.
+    """
+    for path in (scenario.net_file, *scenario.route_files, *scenario.additional_files):
+        parser = xml.parsers.expat.ParserCreate()
+        opener = gzip.open if path.name.endswith(".gz") else open
+        try:
+            with opener(path, "rb") as fh:
+                parser.ParseFile(fh)
+        except xml.parsers.expat.ExpatError as exc:
+            raise ScenarioError(f"{path} is not well-formed XML: {exc}") from None
+        except OSError as exc:
+            raise ScenarioError(f"cannot read {path}: {exc}") from exc
 
 
 def _from_config(cfg: Path) -> Scenario:

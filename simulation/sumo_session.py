@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from simulation.kpi import Kpis, SimStatistics, compute_kpis, parse_statistics, parse_tripinfo
-from simulation.scenario import Demand, Scenario, load_scenario, read_demand
+from simulation.scenario import Demand, Scenario, check_well_formed, load_scenario, read_demand
 from simulation.sumo_binaries import find_binary, sumo_env
 
-__all__ = ["SumoError", "SumoSession"]
+__all__ = ["SumoError", "SumoSession", "build_sumo_args"]
 
 _log = logging.getLogger(__name__)
 _labels = itertools.count()
@@ -78,6 +78,29 @@ def _stdout_fd_to(path: Path) -> Iterator[None]:
         os.dup2(saved, 1)
         os.close(saved)
         os.close(target)
+
+
+def build_sumo_args(scenario: Scenario, *, begin: float, end: float, seed: int | None, tripinfo: Path,
+                    statistics: Path, summary: Path | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+    """SUMO options for an episode (without the binary name); see the module docstring.
+
+    Public so that a bare ``sumo`` run (benchmarks, debugging) uses exactly the session's options.
+    """
+    args = scenario.sumo_args() + [
+        "--begin", repr(float(begin)), "--end", repr(float(end)),
+        *(["--random"] if seed is None else ["--seed", str(int(seed))]),
+        "--time-to-teleport", "-1",
+        "--no-step-log", "true",
+        "--duration-log.statistics", "true",
+        "--collision.action", "warn",
+        "--tripinfo-output", str(tripinfo),
+        "--tripinfo-output.write-unfinished", "true",
+        "--tripinfo-output.write-undeparted", "true",
+        "--statistic-output", str(statistics),
+    ]
+    if summary is not None:
+        args += ["--summary-output", str(summary)]
+    return args + list(extra_args)
 
 
 class SumoSession:
@@ -138,6 +161,7 @@ class SumoSession:
         self.emergency_stopping_vehicle_steps = 0
         self._traci_label: str | None = None
         try:
+            check_well_formed(self.scenario)  # SUMO segfaults on malformed XML
             self.backend = self._choose_backend(use_libsumo and not gui, reuse_libsumo)
             args = self.sumo_args(extra_args)
             if self.backend == "libsumo":
@@ -154,21 +178,9 @@ class SumoSession:
 
     def sumo_args(self, extra_args: Sequence[str] = ()) -> list[str]:
         """SUMO options for this session (without the binary name)."""
-        args = self.scenario.sumo_args() + [
-            "--begin", repr(self.begin), "--end", repr(self.end),
-            *(["--random"] if self.seed is None else ["--seed", str(int(self.seed))]),
-            "--time-to-teleport", "-1",
-            "--no-step-log", "true",
-            "--duration-log.statistics", "true",
-            "--collision.action", "warn",
-            "--tripinfo-output", str(self.tripinfo_path),
-            "--tripinfo-output.write-unfinished", "true",
-            "--tripinfo-output.write-undeparted", "true",
-            "--statistic-output", str(self.statistics_path),
-        ]
-        if self.summary_path is not None:
-            args += ["--summary-output", str(self.summary_path)]
-        return args + list(extra_args)
+        return build_sumo_args(self.scenario, begin=self.begin, end=self.end, seed=self.seed,
+                               tripinfo=self.tripinfo_path, statistics=self.statistics_path,
+                               summary=self.summary_path, extra_args=extra_args)
 
     @staticmethod
     def _choose_backend(use_libsumo: bool, reuse_libsumo: bool) -> str:
@@ -211,6 +223,7 @@ class SumoSession:
         cmd = [str(binary), *args] + (["--start", "--quit-on-end"] if gui else [])
         label = f"tsc-session-{os.getpid()}-{next(_labels)}"
         last_error: Exception | None = None
+        exit_note = ""
         for _ in range(3):  # a free port can be taken by someone else before SUMO binds it
             port = getFreeSocketPort()
             with open(self.stdout_log_path, "ab") as log:
@@ -229,9 +242,10 @@ class SumoSession:
                 proc.kill()
                 proc.wait()
                 if quit_by_itself:
+                    exit_note = f"; SUMO exited with code {proc.returncode}"
                     break  # SUMO itself failed (bad input): another port won't help
-        raise SumoError(f"SUMO (traci, {binary.name}) failed to start for {self.scenario.name}: {last_error}; "
-                        f"SUMO's message is on stderr; options: {' '.join(args)}") from last_error
+        raise SumoError(f"SUMO (traci, {binary.name}) failed to start for {self.scenario.name}: {last_error}"
+                        f"{exit_note}; SUMO's message is on stderr; options: {' '.join(args)}") from last_error
 
     # ------------------------------------------------------------------ running
 

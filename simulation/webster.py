@@ -53,8 +53,15 @@ def allocate_green(total: float, weights: Sequence[float], minimum: Sequence[flo
         if not low and not high:
             fixed.update(shares)
             return [fixed[i] for i in range(n)]
-        for i in low:
-            fixed[i] = minimum[i]
-        if not low:
+        # Fix the side that violates more: if raising the lows to their minimums takes more
+        # than the highs give back, the final shares can only shrink, so the lows stay at
+        # their minimums (and the other way round). Fixing lows first regardless could leave
+        # too little for the highs' maximums to take, and the shares would not sum to total.
+        deficit = sum(minimum[i] - shares[i] for i in low)
+        excess = sum(shares[i] - maximum[i] for i in high)
+        if deficit >= excess:
+            for i in low:
+                fixed[i] = minimum[i]
+        else:
             for i in high:
                 fixed[i] = maximum[i]
