@@ -12,32 +12,19 @@ import sys
 import tomllib
 from pathlib import Path
 
-from edge_agent.config import SiteConfig, convert, load_intersection, load_site, load_toml
+from edge_agent.agent_config import load_agent_config
+from edge_agent.config import (
+    SiteConfig,
+    load_intersection,
+    load_plan,
+    load_site,
+    load_toml,
+)
 from edge_agent.errors import ConfigError
 from edge_agent.guard import check_plan
-from edge_agent.plan import TimingPlan
 from edge_agent.registers import RegisterMap
 
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_BAD_INPUT = 0, 1, 2
-
-
-def load_plan(path: str | Path) -> TimingPlan:
-    """A plan file: TOML (for people) or JSON (the wire form), chosen by the file suffix."""
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text)
-        except OSError as exc:
-            raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}",
-                              file=str(path)) from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) \
-                from exc
-        return convert(data, TimingPlan, file=str(path))
-    return load_toml(path, TimingPlan)
 
 
 def _check_plan(args: argparse.Namespace) -> int:
@@ -77,10 +64,15 @@ def _check_config(args: argparse.Namespace) -> int:
 def _describe_config(path: str) -> str:
     """Load one site or register-map file as the agent would; a one-line summary of it."""
     try:
-        is_register_map = "device" in tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        keys = set(tomllib.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        is_register_map = False  # let the loader report the read or syntax error in full
-    if is_register_map:
+        keys = set()  # let the site loader report the read or syntax error in full
+    if "site_config" in keys:
+        agent = load_agent_config(path)
+        return (f"edge agent for {agent.file.site}/{agent.intersection.id}: "
+                f"{len(agent.time_of_day)} time-of-day plans, "
+                f"{len(agent.trusted_keys)} trusted key(s)")
+    if "device" in keys:
         registers = load_toml(path, RegisterMap)
         writable = sum(1 for r in registers.registers if r.access.value == "write")
         return (f"register map of {registers.device.id}: {len(registers.registers)} registers, "

@@ -8,6 +8,7 @@ naming the file, the key and, where it can be found, the line.
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -18,8 +19,10 @@ import msgspec
 from edge_agent.errors import ConfigError
 from edge_agent.guard import check_intersection
 from edge_agent.model import Contract, Ident, Intersection, require, require_finite, require_unique
+from edge_agent.plan import TimingPlan
 
-__all__ = ["Corridor", "Link", "SiteConfig", "load_site", "load_toml", "load_intersection"]
+__all__ = ["Corridor", "Link", "SiteConfig", "load_intersection", "load_plan", "load_site",
+           "load_toml"]
 
 T = TypeVar("T")
 
@@ -186,3 +189,22 @@ def find_line(text: str, key: str | None) -> int | None:
         if pattern.search(lines[n]):
             return n + 1
     return None
+
+
+def load_plan(path: str | Path) -> TimingPlan:
+    """A plan file: TOML (for people) or JSON (the wire form), chosen by the file suffix."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                              file=str(path)) from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc.msg}", file=str(path), line=exc.lineno) \
+                from exc
+        return convert(data, TimingPlan, file=str(path))
+    return load_toml(path, TimingPlan)

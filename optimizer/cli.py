@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from edge_agent.cli import load_plan
-from edge_agent.config import load_intersection
+from edge_agent.config import load_intersection, load_plan
 from edge_agent.errors import ConfigError
 from edge_agent.guard import check_plan
 from edge_agent.messages import encode

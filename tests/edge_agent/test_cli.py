@@ -187,11 +187,14 @@ def test_check_plan_refuses_a_site_that_fails_the_guard(capsys, tmp_path: Path) 
 
 # --- check-config ----------------------------------------------------------------------
 def test_check_config_on_every_shipped_config(capsys) -> None:
-    files = sorted(str(p) for p in CONFIGS.glob("*.toml"))
+    # adaptive.toml configures the central optimizer, which tsc-edge does not know
+    files = sorted(str(p) for p in CONFIGS.glob("*.toml") if p.name != "adaptive.toml")
     code, out, err = run(capsys, "check-config", *files)
     assert code == EXIT_CLEAN and err == ""
     assert out.splitlines() == [
         f"{CORRIDOR}: OK, site elm-corridor: elm-1st, elm-2nd, elm-3rd; corridors elm",
+        f"{CONFIGS / 'edge-elm-1st.toml'}: OK, edge agent for downtown/elm-1st: "
+        "3 time-of-day plans, 1 trusted key(s)",
         f"{CONFIGS / 'modbus-elm-1st.toml'}: OK, register map of elm-1st-cabinet: "
         "51 registers, 25 writable",
         f"{CONFIGS / 'nema-4phase.toml'}: OK, site downtown: elm-1st",

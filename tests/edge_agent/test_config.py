@@ -27,7 +27,11 @@ from conftest import CONFIGS
 
 SITE_FILES = ["nema-8phase.toml", "nema-4phase.toml", "corridor-3.toml"]
 REGISTER_MAPS = ["modbus-elm-1st.toml"]
-PLAN_FILES = ["main-oak-am-peak.toml", "main-oak-bad-yellow.toml"]
+PLAN_FILES = ["main-oak-am-peak.toml", "main-oak-bad-yellow.toml", "elm-1st-offpeak.toml",
+              "elm-1st-peak.toml"]
+# Shipped files loaded by the tests of what uses them.
+TESTED_ELSEWHERE = {"edge-elm-1st.toml": "tests/edge_agent/test_agent_config.py",
+                    "adaptive.toml": "tests/optimizer"}
 
 NEMA8 = (CONFIGS / "nema-8phase.toml").read_text(encoding="utf-8")
 NEMA4 = (CONFIGS / "nema-4phase.toml").read_text(encoding="utf-8")
@@ -75,7 +79,9 @@ def write(tmp_path: Path):
 
 # --- the shipped examples --------------------------------------------------------------
 def test_every_shipped_config_is_covered_here() -> None:
-    assert sorted(p.name for p in CONFIGS.glob("*.toml")) == sorted(SITE_FILES + REGISTER_MAPS)
+    assert sorted(p.name for p in CONFIGS.glob("*.toml")) == \
+        sorted(SITE_FILES + REGISTER_MAPS + [n for n in TESTED_ELSEWHERE
+                                             if (CONFIGS / n).exists()])
     assert sorted(p.name for p in (CONFIGS / "plans").glob("*.toml")) == sorted(PLAN_FILES)
 
 
@@ -110,7 +116,8 @@ def test_shipped_register_maps_load(configs_dir: Path, name: str) -> None:
 @pytest.mark.parametrize("name", PLAN_FILES)
 def test_shipped_plans_load(configs_dir: Path, name: str) -> None:
     plan = load_toml(configs_dir / "plans" / name, TimingPlan)
-    assert plan.intersection_id == "main-oak" and plan.source is PlanSource.TIME_OF_DAY
+    assert plan.intersection_id in ("main-oak", "elm-1st")
+    assert plan.source is PlanSource.TIME_OF_DAY
     assert load_plan(configs_dir / "plans" / name) == plan
 
 
