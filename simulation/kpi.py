@@ -29,7 +29,6 @@ import statistics as _stats
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from simulation.scenario import Demand

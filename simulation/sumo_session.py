@@ -23,8 +23,8 @@ folder, and traci's "Retrying in 1 seconds" notices are swallowed.
 
 libsumo runs one simulation per process, and (SUMO 1.28) an episode run after another one in
 the same process is not reproducible: cologne1 with seed 0 gave 41.62 s mean delay in every fresh
-process but 42.74 s in some later runs of a process, as some of SUMO's static state (e.g. numerical
-id counters) is never reset by ``close()``. So a session uses libsumo only for the first episode
+process but 42.74 s in some later runs of a process (presumably static state that ``close()`` does
+not reset, e.g. SUMO's numerical id counters; not verified). So a session uses libsumo only for the first episode
 of a process and falls back to traci (a fresh SUMO process each time, reproducible, 3-8x slower)
 afterwards, unless ``reuse_libsumo=True``. For speed and reproducibility, run each episode in a
 fresh process (``run_episode(..., isolate=True)`` or a pool with ``max_tasks_per_child=1``).
@@ -54,6 +54,7 @@ _log = logging.getLogger(__name__)
 _labels = itertools.count()
 # libsumo episodes started in this process; see the module docstring for why it matters.
 _libsumo_starts = 0
+_reuse_warned = False
 
 
 class SumoError(RuntimeError):
@@ -121,6 +122,15 @@ class SumoSession:
         gui: run ``sumo-gui`` through traci (starts playing, quits at the end).
         extra_args: further SUMO options; they must not repeat the options set here.
 
+    Attributes:
+        conn: the ``libsumo`` module or the traci connection, for controllers
+            (``conn.trafficlight``, ``conn.lane``, ``conn.inductionloop``, ``conn.lanearea``...).
+        backend: ``"libsumo"`` or ``"traci"``.
+        begin, end, step_length: the episode window and SUMO's step, in seconds.
+        tripinfo_path, statistics_path, summary_path, stdout_log_path: SUMO's outputs.
+        colliding_vehicle_steps, emergency_stopping_vehicle_steps: live safety counts from the
+            API, summed over steps (a vehicle counts once per step it is involved).
+
     Raises:
         SumoError: SUMO did not start (its own message is on stderr).
         ScenarioError: the scenario path is invalid.
@@ -171,6 +181,9 @@ class SumoSession:
             self.step_length = float(self.conn.simulation.getDeltaT())
             self._time = float(self.conn.simulation.getTime())
         except BaseException:
+            if hasattr(self, "conn"):
+                with contextlib.suppress(Exception):
+                    self.close()
             self._remove_temp()
             raise
 
@@ -195,8 +208,11 @@ class SumoSession:
             _log.warning("a libsumo simulation is already running in this process; using traci")
             return "traci"
         if _libsumo_starts and not reuse_libsumo:
-            _log.warning("libsumo already ran an episode in this process and would not reproduce a fresh "
-                         "run; using traci (run each episode in a fresh process to keep libsumo's speed)")
+            global _reuse_warned
+            if not _reuse_warned:  # once per process: loops of episodes would repeat it
+                _reuse_warned = True
+                _log.warning("libsumo already ran an episode in this process and would not reproduce a fresh "
+                             "run; using traci (run each episode in a fresh process to keep libsumo's speed)")
             return "traci"
         return "libsumo"
 
