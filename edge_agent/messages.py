@@ -156,8 +156,10 @@ class PhaseService(Contract, kw_only=True):
 class Measurement(_Addressed, kw_only=True):
     """Aggregated detector data of one interval (edge -> centre, topic ``measurements``).
 
-    ``seq`` increases by one per message from an edge; the centre drops repeats (QoS 1
-    redelivery, spool replay). ``interval_start`` is POSIX seconds.
+    ``seq`` is the edge's spool sequence number: it increases with every message the edge
+    sends (measurements and events share it, so gaps are normal) and is never reused. The
+    centre drops repeats of ``(intersection, seq)`` (QoS 1 redelivery, spool replay).
+    ``interval_start`` is POSIX seconds.
     """
 
     seq: Seq
