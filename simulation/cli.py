@@ -1,4 +1,5 @@
-"""``tsc-sim``: run, compare and import SUMO scenarios with our controllers and the baselines.
+"""``tsc-sim``: run, compare and import SUMO scenarios with our controllers and the baselines,
+and validate candidate timing plans (the gate, :mod:`simulation.gate`).
 
 Every episode runs in a fresh process (libsumo runs one simulation per process, and only the
 first is reproducible), several at once across seeds and controllers. stdout carries only the
@@ -177,6 +178,70 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from edge_agent.config import load_plan
+    from simulation.demand_from_counts import demand_from_counts
+    from simulation.gate import Tolerance, validate
+
+    scenario = load_scenario(args.scenario)
+    candidate = [load_plan(path) for path in args.candidate]
+    incumbent = [load_plan(path) for path in args.incumbent or ()]
+    tolerance = Tolerance(args.tolerance, args.tolerance_s)
+    with tempfile.TemporaryDirectory(prefix="tsc-validate-") as tmp:
+        demand = args.demand
+        if args.counts:
+            counts = _read_counts_json(args.counts)
+            sampled = demand_from_counts(counts, scenario, Path(tmp) / "counts.rou.xml",
+                                         seed=args.demand_seed)
+            demand = str(sampled.path)
+            if not args.quiet:
+                print(f"demand from {args.counts}: {sampled.vehicles} vehicles on routes from "
+                      f"{sampled.candidates.source}; sampled {sampled.sampling}", file=sys.stderr)
+        verdict = validate(candidate, incumbent, demand, args.seconds, args.seeds,
+                           scenario=scenario, tolerance=tolerance, jobs=args.jobs)
+    if args.json:
+        print(json.dumps(verdict.to_dict()))
+    else:
+        print(_verdict_text(verdict))
+    return 0 if verdict.accepted else 1
+
+
+def _read_counts_json(path: str) -> dict[str, list[list[float]]]:
+    """``{"edge or lane": [[begin, end, vehicles], ...]}``; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read counts: {exc.strerror}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: counts are not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(rows, list) for rows in data.values()):
+        raise ValueError(f"{path}: counts must be an object mapping each edge or lane to a list "
+                         f"of [begin, end, vehicles]")
+    for key, rows in data.items():
+        for row in rows:
+            if not isinstance(row, list) or not all(isinstance(x, (int, float)) and
+                                                    not isinstance(x, bool) for x in row):
+                raise ValueError(f"{path}: counts for {key!r}: {row!r} is not [begin, end, vehicles]")
+    return data
+
+
+def _verdict_text(verdict: Any) -> str:
+    where = ", ".join(verdict.intersections)
+    lines = [f"{'ACCEPTED' if verdict.accepted else 'REJECTED'}: candidate plans for {where}"]
+    if verdict.candidate is not None and verdict.incumbent is not None:
+        c, i = verdict.candidate.mean, verdict.incumbent.mean
+        horizon = f"{verdict.horizon_s:g} s" if verdict.horizon_s else "the whole episode"
+        lines.append(f"  {len(verdict.seeds)} seed(s), {horizon}; mean delay {c['mean_delay_s']:.2f} "
+                     f"s/veh vs incumbent {i['mean_delay_s']:.2f} s/veh ({verdict.delay_change_s:+.2f} s; "
+                     f"allowed +{verdict.allowed_s:.2f} s = {verdict.tolerance})")
+        lines.append(f"  collisions {c['collisions_total']} vs {i['collisions_total']}, emergency "
+                     f"braking {c['emergency_braking_total']} vs {i['emergency_braking_total']}")
+    lines += [f"  - {reason}" for reason in verdict.reasons]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -230,6 +295,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--intersections", type=int, default=3, help="corridor length (3)")
     demo.add_argument("--folder", default="out/demo", help="where to write the scenario")
     demo.set_defaults(func=_demo)
+
+    val = sub.add_parser(
+        "validate", help="the validation gate: is a candidate plan safe and no worse?",
+        description="Check candidate plans with the safety guard, then simulate them and the "
+                    "incumbent plans on the same demand and seeds. Intersections without a "
+                    "candidate plan keep the incumbent's; those without either keep the net's "
+                    "programme. Exit 0 accepted, 1 rejected (reasons printed), 2 bad input.")
+    val.add_argument("--scenario", required=True, metavar="DIR",
+                     help="folder with a .sumocfg (or the .sumocfg itself)")
+    val.add_argument("--candidate", required=True, nargs="+", metavar="FILE",
+                     help="candidate plan files (.toml, or .json wire form), one per intersection "
+                          "(intersection ids as tsc-sim import-net writes them)")
+    val.add_argument("--incumbent", nargs="+", metavar="FILE",
+                     help="plans in force (default: the net's own programmes)")
+    val.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 (default 3)")
+    val.add_argument("--seconds", type=float, metavar="S",
+                     help="simulate S seconds from the scenario's begin (default: all of it)")
+    val.add_argument("--tolerance", type=float, default=0.05, metavar="X",
+                     help="relative delay tolerance: reject if mean delay grows by more than "
+                          "max(X * incumbent delay, --tolerance-s) (default 0.05)")
+    val.add_argument("--tolerance-s", type=float, default=1.0, metavar="S",
+                     help="absolute delay tolerance in s/veh (default 1.0)")
+    demand = val.add_mutually_exclusive_group()
+    demand.add_argument("--demand", metavar="ROUTES",
+                        help="route file replacing the scenario's demand")
+    demand.add_argument("--counts", metavar="COUNTS.json",
+                        help='measured counts {"edge or lane": [[begin, end, vehicles], ...]}, '
+                             "replayed with routeSampler")
+    val.add_argument("--demand-seed", type=int, default=0, metavar="N",
+                     help="seed for sampling demand from --counts (default 0)")
+    val.add_argument("--jobs", type=int, metavar="N", help="episodes at once (default: cores)")
+    val.add_argument("--json", action="store_true", help="print one JSON object")
+    val.add_argument("--quiet", action="store_true", help="nothing on stderr but errors")
+    val.set_defaults(func=_validate)
     return parser
 
 

@@ -41,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -55,6 +56,9 @@ _labels = itertools.count()
 # libsumo episodes started in this process; see the module docstring for why it matters.
 _libsumo_starts = 0
 _reuse_warned = False
+
+
+_START_LOCK = threading.Lock()
 
 
 class SumoError(RuntimeError):
@@ -174,10 +178,14 @@ class SumoSession:
             check_well_formed(self.scenario)  # SUMO segfaults on malformed XML
             self.backend = self._choose_backend(use_libsumo and not gui, reuse_libsumo)
             args = self.sumo_args(extra_args)
-            if self.backend == "libsumo":
-                self.conn = self._start_libsumo(args)
-            else:
-                self.conn = self._start_traci(args, gui)
+            # Starting redirects stdout (sys.stdout for traci, file descriptor 1 for
+            # libsumo): two threads starting at once would leave it pointing at a discarded
+            # buffer, so sessions start one at a time.
+            with _START_LOCK:
+                if self.backend == "libsumo":
+                    self.conn = self._start_libsumo(args)
+                else:
+                    self.conn = self._start_traci(args, gui)
             self.step_length = float(self.conn.simulation.getDeltaT())
             self._time = float(self.conn.simulation.getTime())
         except BaseException:

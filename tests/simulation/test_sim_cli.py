@@ -154,7 +154,7 @@ def test_help_of_every_subcommand(capsys, argv):
 def test_every_subcommand_has_help():
     parser = build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
-    assert set(sub.choices) == {"run", "compare", "import-net", "demo"}
+    assert set(sub.choices) == {"run", "compare", "import-net", "demo", "validate"}
 
 
 def test_console_script_prints_only_json_on_stdout(corridor):
