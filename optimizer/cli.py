@@ -1,7 +1,9 @@
 """``tsc-central``: the central side's command line.
 
-For now it holds the plan-signing keys: ``keygen`` makes a key pair (the public half goes into
-every edge's configuration), ``sign-plan`` checks a plan with the guard and signs it for a site.
+Plan-signing keys: ``keygen`` makes a key pair (the public half goes into every edge's
+configuration), ``sign-plan`` checks a plan with the guard and signs it for a site. Operations
+(:mod:`optimizer.ops_cli`): ``serve`` runs the operations API, ``users`` manages its users,
+``override`` and ``audit`` are the terminal side of it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import sys
 from pathlib import Path
 
 from edge_agent.config import load_intersection, load_plan
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, TscError
 from edge_agent.guard import check_plan
 from edge_agent.messages import encode
 from edge_agent.signatures import generate_key, load_private_key, sign_plan
+from optimizer.ops_cli import add_commands
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="tsc-central",
                                      description="Central service of the traffic-signal "
-                                                 "control system: plan signing keys.")
+                                                 "control system: plan signing keys and "
+                                                 "operations (overrides, audit).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signing plans")
     keygen.add_argument("--out", required=True, metavar="DIR")
@@ -68,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--key", required=True, metavar="FILE", help="private key (PEM)")
     sign.add_argument("--key-id", help="key name the edges know it by (default: file stem)")
     sign.set_defaults(func=_sign)
+    add_commands(sub)
     return parser
 
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ConfigError, ValueError, OSError, TscError) as exc:
         print(f"tsc-central: {exc}", file=sys.stderr)
         return 2
 
