@@ -17,9 +17,13 @@ What a decision does, in order of precedence, while the current phase is green:
    offset, and return early to it when they gap out, so the offset is never broken.
 4. **max green**: end the phase at the plan's maximum when another phase has demand.
 5. **extension**: keep the green while a queue is discharging on a lane with a free exit, or
-   while the next vehicle reaches the stop line within the passage time (the gap).
-6. **gap-out**: otherwise end it, and serve the phase with the most demand next (phases with
-   no demand are skipped; a phase that has waited ``max_wait_s`` with demand goes first).
+   while the next vehicle reaches the stop line within the passage time (the gap); the
+   passage time shrinks as vehicles queue on the other phases (``passage_min_s``,
+   ``waiting_ref_veh``), so a trickle does not hold a green against a waiting queue.
+6. **gap-out**: otherwise end it, and serve the phase with the most demand next (queued plus
+   weighted approaching vehicles, less weighted vehicles already in its exit zones, plus a
+   weight per second waited; phases with no demand are skipped; a phase that has waited
+   ``max_wait_s`` with at least ``min_queue_veh`` queued goes first).
 
 Every decision carries an explanation such as ``"phase 2 extended: queue 14 veh, gap 1.1 s"``.
 """
@@ -47,6 +51,12 @@ class ActuationParams:
     discharging queue. ``approach_weight``: weight of moving vehicles against halting ones when
     ranking phases. ``max_wait_s``: a phase with demand waiting this long is served next.
     ``recall_s``: phases without any detector are served at least this often.
+    ``passage_min_s`` and ``waiting_ref_veh``: the passage time shrinks linearly from
+    ``passage_s`` (nobody waiting elsewhere) to ``passage_min_s`` when ``waiting_ref_veh``
+    vehicles queue on the other phases (0: no scaling). ``pressure_weight``: weight of the
+    vehicles already in a phase's exit zones, subtracted from its demand when ranking phases
+    (green into a filling link moves fewer vehicles). ``wait_weight``: vehicles' worth of each
+    second a phase has waited, added when ranking phases (long waits are served sooner).
     """
 
     passage_s: float = 2.5
@@ -54,12 +64,20 @@ class ActuationParams:
     approach_weight: float = 0.5
     max_wait_s: float = 120.0
     recall_s: float = 120.0
+    passage_min_s: float = 2.5
+    waiting_ref_veh: float = 0.0
+    pressure_weight: float = 0.0
+    wait_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("passage_s", "min_queue_veh", "approach_weight", "max_wait_s", "recall_s"):
+        for name in ("passage_s", "min_queue_veh", "approach_weight", "max_wait_s", "recall_s",
+                     "passage_min_s", "waiting_ref_veh", "pressure_weight", "wait_weight"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"actuation.{name}: must be a finite number >= 0, got {value!r}")
+        if self.passage_min_s > self.passage_s:
+            raise ValueError(f"actuation.passage_min_s: must be <= passage_s "
+                             f"({self.passage_s!r}), got {self.passage_min_s!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +113,8 @@ class PhaseMeasure:
     ``approaching``: moving vehicles
     in the detection zones of those lanes; ``gap_s``: time until the next moving vehicle
     reaches the stop line (inf: none); ``blocked``: every lane with demand leads into a full
-    exit; ``detected``: False when the phase has no working detector (it is then recalled).
+    exit; ``detected``: False when the phase has no working detector (it is then recalled);
+    ``downstream``: vehicles in the exit zones the phase feeds.
     """
 
     queue: float = 0.0
@@ -104,6 +123,7 @@ class PhaseMeasure:
     gap_s: float = math.inf
     blocked: bool = False
     detected: bool = True
+    downstream: float = 0.0
 
     @property
     def has_demand(self) -> bool:
@@ -162,36 +182,57 @@ class Actuator:
             return self._switch(phase, green_elapsed, candidates, measures,
                                 f"phase {phase} ended after {green_elapsed:.0f} s: exit "
                                 f"blocked (spillback)", now)
-        starving = [n for n in candidates if self.waited(n, now) >= p.max_wait_s]
+        starving = [n for n in candidates if self.waited(n, now) >= p.max_wait_s
+                    and (self._queue(n, measures) >= p.min_queue_veh or
+                         not measures.get(n, PhaseMeasure(detected=False)).detected)]
         if green_elapsed >= b.max_green - 1e-9 or starving:
             why = (f"max-out at {green_elapsed:.0f} s" if green_elapsed >= b.max_green - 1e-9
                    else f"phase {starving[0]} waited {self.waited(starving[0], now):.0f} s")
             return self._switch(phase, green_elapsed, starving or candidates, measures,
                                 f"phase {phase} ended: {why}", now)
-        keep = self._extension(phase, own)
+        passage = self.passage(phase, measures)
+        keep = self._extension(phase, own, passage)
         if keep is not None:
             return keep
         return self._switch(phase, green_elapsed, candidates, measures,
                             f"phase {phase} gap-out after {green_elapsed:.0f} s "
-                            f"(gap {_fmt_gap(own.gap_s)} > {p.passage_s:.1f} s)", now)
+                            f"(gap {_fmt_gap(own.gap_s)} > {passage:.1f} s)", now)
 
     # --- pieces ---------------------------------------------------------------------------
-    def _extension(self, phase: int, own: PhaseMeasure) -> Decision | None:
+    def passage(self, phase: int, measures: Mapping[int, PhaseMeasure]) -> float:
+        """The passage time now: shorter the more vehicles queue on the other phases."""
         p = self.params
+        if p.waiting_ref_veh <= 0 or p.passage_min_s >= p.passage_s:
+            return p.passage_s
+        waiting = sum(m.queue for n, m in measures.items() if n != phase and m.detected)
+        share = min(1.0, waiting / p.waiting_ref_veh)
+        return p.passage_s - (p.passage_s - p.passage_min_s) * share
+
+    def _extension(self, phase: int, own: PhaseMeasure,
+                   passage: float | None = None) -> Decision | None:
+        p = self.params
+        passage = p.passage_s if passage is None else passage
         if not own.detected:
             return None
         if own.discharging >= p.min_queue_veh:
             return Decision(EXTEND, f"phase {phase} extended: queue {own.discharging:.0f} veh, "
                                     f"gap {_fmt_gap(own.gap_s)}")
-        if own.gap_s <= p.passage_s:
-            return Decision(EXTEND, f"phase {phase} extended: gap {own.gap_s:.1f} s")
+        if own.gap_s <= passage:
+            return Decision(EXTEND, f"phase {phase} extended: gap {own.gap_s:.1f} s "
+                                    f"<= passage {passage:.1f} s")
         return None
+
+    @staticmethod
+    def _queue(n: int, measures: Mapping[int, PhaseMeasure]) -> float:
+        return measures.get(n, PhaseMeasure(detected=False)).queue
 
     def _score(self, n: int, measures: Mapping[int, PhaseMeasure], now: float) -> float:
         m = measures.get(n, PhaseMeasure(detected=False))
         if not m.detected:
             return 0.0
-        return m.queue + self.params.approach_weight * m.approaching
+        p = self.params
+        return (m.queue + p.approach_weight * m.approaching - p.pressure_weight * m.downstream
+                + p.wait_weight * self.waited(n, now))
 
     def _candidates(self, now: float, phase: int,
                     measures: Mapping[int, PhaseMeasure]) -> list[int]:

@@ -7,10 +7,16 @@ Registered as ``adaptive`` under the ``tsc_edge.controllers`` entry point; the h
 1. reads the detector zones (:mod:`optimizer.detectors`: positions and speeds inside the
    zones, nothing else) and feeds the demand estimator (:mod:`optimizer.estimation`);
 2. every ``planning.replan_s`` re-plans every intersection (:mod:`optimizer.planner`): cycle
-   and splits minimising delay, optional offsets, each plan checked with ``check_plan`` and
-   kept with its explanation;
+   and splits minimising delay, with ``coordination.enabled`` common cycles and offsets for
+   groups of closely spaced signals (:mod:`optimizer.coordination`), each plan checked with
+   ``check_plan`` and kept with its explanation;
 3. lets each intersection's :class:`~edge_agent.actuation.Actuator` decide inside the bounds of
    its plan, and carries switches out through the driver (which asks the guard again).
+
+A lane counts in full toward a phase that serves every movement leaving it and
+``detection.shared_lane_weight`` toward one that serves only some of them: detectors cannot
+tell whether the head of a shared through/left lane turns, so a protected-turn phase is not
+called (nor kept green by a gap) on the strength of through traffic it cannot serve.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class AdaptiveController:
         net = sumolib.net.readNet(str(session.scenario.net_file))
         # phase -> {approach lane: exit lanes}, per traffic light
         self.phase_lanes: dict[str, dict[int, dict[str, set[str]]]] = {}
+        self.lane_weight: dict[str, dict[int, dict[str, float]]] = {}
         for tls, x in imported.intersections.items():
             links = imported.links[tls]
             per_phase: dict[int, dict[str, set[str]]] = {}
@@ -61,6 +68,21 @@ class AdaptiveController:
                     lanes.setdefault(links[m].from_lane, set()).add(links[m].to_lane)
                 per_phase[p.number] = lanes
             self.phase_lanes[tls] = per_phase
+            # A lane counts in full toward a phase that serves every movement leaving it, and
+            # shared_lane_weight toward one that serves only some (a protected-left phase on
+            # a lane shared with the through: detectors cannot tell which way the head turns).
+            moves: dict[str, int] = collections.Counter(
+                links[m.id].from_lane for m in x.movements if m.turn != Turn.PEDESTRIAN)
+            served = {p.number: collections.Counter(
+                links[m].from_lane for m in p.movements
+                if x.movement_by_id[m].turn != Turn.PEDESTRIAN) for p in x.phases}
+            self.lane_weight[tls] = {
+                n: {lane: 1.0 if served[n][lane] >= moves[lane]
+                    else config.detection.shared_lane_weight for lane in per_phase[n]}
+                for n in per_phase}
+        self.phase_exits = {tls: {n: sorted({o for outs in lanes.values() for o in outs})
+                                  for n, lanes in ph.items()}
+                            for tls, ph in self.phase_lanes.items()}
         approach = sorted({lane for ph in self.phase_lanes.values() for lanes in ph.values()
                            for lane in lanes})
         exits = sorted({o for ph in self.phase_lanes.values() for lanes in ph.values()
@@ -68,7 +90,8 @@ class AdaptiveController:
         d = config.detection
         self.zones = Zones(self.conn, net, approach, exits, reach_m=d.reach_m,
                            exit_zone_m=d.exit_zone_m, stop_zone_m=d.stop_zone_m,
-                           halting_speed_mps=d.halting_speed_mps, accel_mps2=d.accel_mps2)
+                           halting_speed_mps=d.halting_speed_mps, accel_mps2=d.accel_mps2,
+                           downstream_m=d.downstream_m if params_use_pressure(config) else 0.0)
         e = config.estimation
         self.estimator = DemandEstimator(approach, prior_saturation_vph=e.prior_saturation_vph,
                                          prior_weight_veh=e.prior_weight_veh,
@@ -136,9 +159,10 @@ class AdaptiveController:
             if not lanes:
                 out[n] = PhaseMeasure(detected=False)
                 continue
-            queue = moving = discharging = 0
+            queue = moving = discharging = 0.0
             gap = float("inf")
             jammed = demand = False
+            weights = self.lane_weight[tls][n]
             for lane, outs in lanes.items():
                 r = readings[lane]
                 if r.queue == 0 and r.moving == 0:
@@ -147,14 +171,18 @@ class AdaptiveController:
                 if all(blocked[o] for o in outs):
                     jammed = True
                     continue
-                queue += r.queue
+                w = weights[lane]
+                queue += w * r.queue
                 if n == driver.phase and (fresh or r.since_departure_s <= recent):
                     discharging += r.queue
-                moving += r.moving
-                gap = min(gap, r.gap_s)
+                moving += w * r.moving
+                if w >= 1.0:  # an approaching vehicle on a shared lane may not be served
+                    gap = min(gap, r.gap_s)
+            down = sum(self.zones.downstream[o] for o in self.phase_exits[tls][n]) \
+                if self.zones.far else 0.0
             out[n] = PhaseMeasure(queue=queue, discharging=discharging, approaching=moving,
-                                  gap_s=gap,
-                                  blocked=demand and jammed and queue + moving == 0)
+                                  gap_s=gap, blocked=demand and jammed and queue + moving == 0,
+                                  downstream=down)
         return out
 
     def _replan(self, time: float) -> None:
@@ -167,6 +195,11 @@ class AdaptiveController:
     def explanations(self) -> dict[str, str]:
         """The explanation kept with each intersection's plan in force."""
         return {tls: plan.explanation for tls, plan in self.plans.items()}
+
+
+def params_use_pressure(config: AdaptiveConfig) -> bool:
+    """Exit zones are read only when the ranking uses them."""
+    return config.actuation.pressure_weight > 0
 
 
 def _bounds(plan: Any) -> dict[int, Bounds]:

@@ -40,6 +40,10 @@ class Actuation(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     approach_weight: float
     max_wait_s: float
     recall_s: float
+    passage_min_s: float
+    waiting_ref_veh: float
+    pressure_weight: float
+    wait_weight: float
 
 
 class Detection(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +54,8 @@ class Detection(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     exit_zone_m: float
     stop_zone_m: float
     accel_mps2: float
+    downstream_m: float
+    shared_lane_weight: float
 
 
 class Estimation(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -77,6 +83,7 @@ class Coordination(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True
     enabled: bool
     max_travel_s: float
     max_flow_ratio: float
+    hold_fraction: float
 
 
 class AdaptiveConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -95,7 +102,9 @@ class AdaptiveConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                 ("planning.cycle_step_s", self.planning.cycle_step_s, 1.0, 30.0),
                 ("coordination.max_flow_ratio", self.coordination.max_flow_ratio, 0.1, 0.99),
                 ("estimation.halflife_s", self.estimation.halflife_s, 60.0, 86400.0),
-                ("detection.reach_m", self.detection.reach_m, 10.0, 1000.0)):
+                ("detection.reach_m", self.detection.reach_m, 10.0, 1000.0),
+                ("detection.shared_lane_weight", self.detection.shared_lane_weight, 0.0, 1.0),
+                ("coordination.hold_fraction", self.coordination.hold_fraction, 0.0, 1.0)):
             if not low <= value <= high:
                 raise ValueError(f"{name}: must be within {low:g}..{high:g}, got {value:g}")
         if self.detection.accel_mps2 <= 0:
@@ -108,7 +117,9 @@ class AdaptiveConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         a = self.actuation
         return ActuationParams(passage_s=a.passage_s, min_queue_veh=a.min_queue_veh,
                                approach_weight=a.approach_weight, max_wait_s=a.max_wait_s,
-                               recall_s=a.recall_s)
+                               recall_s=a.recall_s, passage_min_s=a.passage_min_s,
+                               waiting_ref_veh=a.waiting_ref_veh,
+                               pressure_weight=a.pressure_weight, wait_weight=a.wait_weight)
 
 
 def load_adaptive_config(path: str | Path | None = None,

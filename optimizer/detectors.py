@@ -3,7 +3,8 @@
 The harness's adapter between libsumo/traci and the pure core. For every controlled approach
 lane there is a lane-area zone reaching ``reach_m`` upstream of the stop line (following the
 lanes that feed a short lane, as a radar zone would cover them), a stop-bar zone whose leavers
-are counted as departures, and for every exit lane a zone at its start watched for spillback.
+are counted as departures, and for every exit lane a zone at its start watched for spillback
+and a longer one (``downstream_m``, 0: none) whose vehicles are counted (the pressure term).
 Only positions and speeds of vehicles inside those zones are read: never routes or
 destinations.
 """
@@ -61,19 +62,24 @@ class Zones:
 
     def __init__(self, conn: Any, net: Any, approach_lanes: list[str], exit_lanes: list[str],
                  *, reach_m: float, exit_zone_m: float, stop_zone_m: float,
-                 halting_speed_mps: float, accel_mps2: float) -> None:
+                 halting_speed_mps: float, accel_mps2: float,
+                 downstream_m: float = 0.0) -> None:
         self.conn = conn
         self.approach_lanes, self.exit_lanes = list(approach_lanes), list(exit_lanes)
         self.up = {lane: _segments(net, lane, reach_m, True) for lane in approach_lanes}
         self.down = {lane: _segments(net, lane, exit_zone_m, False) for lane in exit_lanes}
+        self.far = {lane: _segments(net, lane, downstream_m, False) for lane in exit_lanes} \
+            if downstream_m > 0 else {}
         self.length = {lane: net.getLane(lane).getLength() for lane in approach_lanes}
         self.stop_zone, self.halting, self.accel = stop_zone_m, halting_speed_mps, accel_mps2
-        self.watched = sorted({seg[0] for segs in (*self.up.values(), *self.down.values())
+        self.watched = sorted({seg[0] for segs in (*self.up.values(), *self.down.values(),
+                                                   *self.far.values())
                                for seg in segs} | set(approach_lanes))
         self._in_stop_zone: dict[str, set[str]] = {lane: set() for lane in approach_lanes}
         self._last_departure: dict[str, float] = {lane: -1e9 for lane in approach_lanes}
         self.readings: dict[str, LaneReading] = {}
         self.blocked: dict[str, bool] = {}
+        self.downstream: dict[str, int] = {lane: 0 for lane in exit_lanes}
 
     def read(self, now: float) -> None:
         """Measure every zone at time ``now`` (call once per simulation step)."""
@@ -110,6 +116,9 @@ class Zones:
             self.blocked[lane] = any(start <= pos <= end and speed < self.halting
                                      for seg_lane, start, end, _ in self.down[lane]
                                      for _, pos, speed in on[seg_lane])
+        for lane, segs in self.far.items():
+            self.downstream[lane] = sum(1 for seg_lane, start, end, _ in segs
+                                        for _, pos, _ in on[seg_lane] if start <= pos <= end)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(departures, queue) per approach lane, in ``approach_lanes`` order."""

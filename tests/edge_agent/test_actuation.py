@@ -53,7 +53,7 @@ def test_extension_while_the_queue_discharges(actuator):
 def test_extension_on_a_short_gap(actuator):
     d = decide(actuator, 10.0, {1: PhaseMeasure(approaching=2, gap_s=1.8),
                                 2: PhaseMeasure(queue=3)})
-    assert d.action == "extend" and d.reason == "phase 1 extended: gap 1.8 s"
+    assert d.action == "extend" and d.reason == "phase 1 extended: gap 1.8 s <= passage 2.5 s"
 
 
 def test_a_standing_queue_that_does_not_discharge_does_not_extend(actuator):
@@ -153,6 +153,51 @@ def test_a_phase_that_cannot_fit_before_the_next_cycle_is_not_started(actuator):
 def test_params_are_validated():
     with pytest.raises(ValueError, match="actuation.passage_s"):
         ActuationParams(passage_s=math.nan)
+    with pytest.raises(ValueError, match="actuation.passage_min_s"):
+        ActuationParams(passage_s=2.0, passage_min_s=3.0)
+
+
+# --- passage scaling, pressure and waiting in the ranking ---------------------------------------
+def scaled() -> Actuator:
+    return Actuator(three_phase(), (1, 2, 3),
+                    ActuationParams(passage_s=3.0, passage_min_s=1.0, waiting_ref_veh=10.0))
+
+
+def test_passage_shrinks_linearly_with_the_queue_on_other_phases():
+    a = scaled()
+    assert a.passage(1, {1: IDLE, 2: IDLE, 3: IDLE}) == pytest.approx(3.0)
+    assert a.passage(1, {1: PhaseMeasure(queue=30), 2: PhaseMeasure(queue=5)}) == \
+        pytest.approx(2.0)  # own queue does not count; 5 of 10 veh: half way
+    assert a.passage(1, {2: PhaseMeasure(queue=8), 3: PhaseMeasure(queue=40)}) == \
+        pytest.approx(1.0)
+
+
+def test_a_gap_that_extends_when_nobody_waits_gaps_out_when_many_do():
+    a = scaled()
+    d = a.decide(100.0, 1, 10.0, {1: PhaseMeasure(approaching=1, gap_s=2.5),
+                                  2: PhaseMeasure(approaching=1, gap_s=30.0)}, BOUNDS, CLEARANCE)
+    assert d.action == "extend" and "passage 3.0 s" in d.reason
+    d = a.decide(100.0, 1, 10.0, {1: PhaseMeasure(approaching=1, gap_s=2.5),
+                                  2: PhaseMeasure(queue=12)}, BOUNDS, CLEARANCE)
+    assert d.action == "switch" and d.target == 2 and "> 1.0 s" in d.reason
+
+
+def test_pressure_term_prefers_the_phase_whose_exit_has_room():
+    a = Actuator(three_phase(), (1, 2, 3), ActuationParams(pressure_weight=0.5))
+    measures = {1: IDLE, 2: PhaseMeasure(queue=6, downstream=10),
+                3: PhaseMeasure(queue=4, downstream=0)}
+    d = a.decide(100.0, 1, 10.0, measures, BOUNDS, CLEARANCE)
+    assert d.target == 3  # 6 - 0.5 * 10 = 1 < 4
+    plain = Actuator(three_phase(), (1, 2, 3), ActuationParams(pressure_weight=0.0))
+    assert plain.decide(100.0, 1, 10.0, measures, BOUNDS, CLEARANCE).target == 2
+
+
+def test_waiting_time_raises_a_phases_rank():
+    a = Actuator(three_phase(), (1, 2, 3), ActuationParams(wait_weight=0.1))
+    a.served(2, 90.0)
+    a.served(3, 30.0)  # phase 3 has waited 70 s: worth 7 vehicles, phase 2 1 vehicle
+    measures = {1: IDLE, 2: PhaseMeasure(queue=6), 3: PhaseMeasure(queue=2)}
+    assert a.decide(100.0, 1, 10.0, measures, BOUNDS, CLEARANCE).target == 3
 
 
 def test_a_decision_takes_well_under_a_millisecond(actuator):
@@ -163,3 +208,11 @@ def test_a_decision_takes_well_under_a_millisecond(actuator):
     for k in range(n):
         decide(actuator, 12.0, measures, now=100.0 + k)
     assert (time.perf_counter() - start) / n < 1e-3
+
+
+def test_a_phase_with_less_than_a_queued_vehicle_does_not_claim_starvation(actuator):
+    # 0.3 veh: a shared lane's queue weighted toward a protected-turn phase
+    actuator.served(3, 0.0)
+    d = decide(actuator, 10.0, {1: PhaseMeasure(queue=9, discharging=9),
+                                2: IDLE, 3: PhaseMeasure(queue=0.3)}, now=130.0)
+    assert d.action == "extend"

@@ -90,3 +90,30 @@ def test_plans_are_checked_explained_and_decisions_logged(tmp_path):
         assert "minimises Webster delay" in plan.explanation
     assert c.log and all(" -> phase " in reason for _, _, reason in c.log)
     assert c.counts["switch"] > 0 and c.planner.rejected == 0
+
+
+@pytest.mark.integration
+def test_shared_lanes_count_in_part_toward_a_protected_turn_phase(resco_dir):
+    """cologne1: lane 23429231#1_1 carries a through, a left and a u-turn. Phase 1 serves all
+    three (the left permissive), phase 2 only the left and the u-turn (protected)."""
+    from simulation.controllers import ControllerSpec
+    from simulation.run import run_episode
+
+    scenario = resco_dir / "cologne1"
+    if not scenario.is_dir():
+        pytest.skip(f"{scenario} not found")
+    seen = {}
+
+    class Spy:
+        def __call__(self, session):
+            seen["c"] = ControllerSpec("adaptive")(session)
+            return seen["c"]
+
+    run_episode(scenario, Spy(), seed=0, seconds=10, isolate=False, reuse_libsumo=True)
+    c = seen["c"]
+    weight = c.config.detection.shared_lane_weight
+    assert 0 < weight < 1
+    (tls,) = c.lane_weight
+    assert c.lane_weight[tls][1]["23429231#1_1"] == 1.0
+    assert c.lane_weight[tls][2]["23429231#1_1"] == weight
+    assert c.lane_weight[tls][1]["23429231#1_0"] == 1.0  # right + through, both in phase 1
