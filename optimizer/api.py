@@ -9,6 +9,9 @@ route                                        role      what
 ``GET  /api/v1/me``                          viewer    who the token belongs to
 ``GET  /api/v1/intersections``               viewer    mode, plan in force, health, recent KPIs
 ``GET  /api/v1/intersections/{id}``          viewer    the same for one intersection
+``GET  /api/v1/intersections/{id}/kpis``     viewer    KPI snapshots over time (``since``,
+                                                       ``limit``); ``.../{id}/measurements``: the
+                                                       latest measurements (``limit``)
 ``GET  /api/v1/overrides``                   viewer    the active overrides
 ``POST /api/v1/overrides``                   operator  create an override (201; 422 guard/input,
                                                        404 unknown intersection, 409 one active)
@@ -23,6 +26,10 @@ request, a plan the guard rejects (422 with the violations), an unknown intersec
 override, a conflicting override and a caller without the operator role. The refusal's body
 carries ``audit_seq``, the entry that records it. The interactive docs pages are off: they
 load scripts from a CDN, which a control room should not depend on.
+
+The web dashboard (:mod:`optimizer.dashboard`) is served by the same application at
+``/dashboard/`` (``/`` redirects there); its pages are static and read the routes above with the
+user's token.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, Union
 
+import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -45,8 +53,10 @@ from edge_agent.config import convert
 from edge_agent.plan import TimingPlan
 from optimizer.arbitration import GuardRefused, OverrideConflict, UnknownIntersection
 from optimizer.auth import Role, User, UserStore
+from optimizer.dashboard import mount_dashboard
 from optimizer.operations import OperationsService, Refused, override_dict, plan_dict
 from optimizer.overrides import ExtendPhase, FixedCycle, FullPlan, Pattern
+from optimizer.state import StateHistory
 
 __all__ = ["create_app"]
 
@@ -201,6 +211,38 @@ def create_app(service: OperationsService, users: UserStore, *,
         except UnknownIntersection as exc:
             raise HTTPException(404, str(exc)) from None
 
+    # --- history for the dashboard: KPIs over time and the latest measurements --------------
+    def known(intersection_id: str) -> None:
+        try:
+            service.arbiter.intersection(intersection_id)
+        except UnknownIntersection as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @app.get(f"{PREFIX}/intersections/{{intersection_id}}/kpis",
+             summary="KPI snapshots over time, oldest first")
+    def kpi_history(intersection_id: str, user: User = viewer,
+                    since: Annotated[float, Query(ge=0, description="POSIX seconds")] = 0.0,
+                    limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> dict[str, Any]:
+        known(intersection_id)
+        state = service.state
+        if isinstance(state, StateHistory):
+            series = state.kpi_history(intersection_id, since=since, limit=limit)
+        else:  # a store without history: the latest snapshot is all there is
+            latest = state.kpis(intersection_id)
+            series = [] if latest is None or latest.t < since else [latest]
+        return {"intersection_id": intersection_id, "kpis": [k.to_dict() for k in series]}
+
+    @app.get(f"{PREFIX}/intersections/{{intersection_id}}/measurements",
+             summary="the latest measurements, oldest first")
+    def measurements(intersection_id: str, user: User = viewer,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 1) -> dict[str, Any]:
+        known(intersection_id)
+        state = service.state
+        found = state.measurements(intersection_id, limit=limit) \
+            if isinstance(state, StateHistory) else []
+        return {"intersection_id": intersection_id,
+                "measurements": [msgspec.to_builtins(m) for m in found]}
+
     @app.get(f"{PREFIX}/overrides", summary="active overrides")
     def overrides(user: User = viewer) -> dict[str, Any]:
         return {"overrides": [override_dict(o) for o in service.overrides()]}
@@ -256,6 +298,7 @@ def create_app(service: OperationsService, users: UserStore, *,
         anchor = None if anchor_seq is None else (anchor_seq, anchor_hash)
         return service.audit.verify(anchor).to_dict()
 
+    mount_dashboard(app)  # the web dashboard's static pages (optimizer/dashboard.py)
     return app
 
 

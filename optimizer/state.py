@@ -4,19 +4,25 @@
 ingest (issue 6, item 1) will keep it up to date from the edges' ``status`` and
 ``measurements`` topics. :class:`MemoryState` is the in-memory implementation used until then,
 by the tests and by ``tsc-central serve``.
+
+:class:`StateHistory` is an optional extension a store may also implement: recent KPI
+snapshots and measurements per intersection, which the dashboard plots and tabulates
+(``GET /api/v1/intersections/{id}/kpis`` and ``.../measurements``). A store without it still
+serves the dashboard, with the latest KPIs only and no measurements.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, runtime_checkable
 
-from edge_agent.messages import EdgeMode, Status
+from edge_agent.messages import EdgeMode, Measurement, Status
 from edge_agent.model import require_ident
 
-__all__ = ["CentralState", "Health", "KpiSnapshot", "MemoryState", "health_of"]
+__all__ = ["CentralState", "Health", "KpiSnapshot", "MemoryState", "StateHistory", "health_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +92,34 @@ class CentralState(Protocol):
         """The most recent KPIs (None if none yet)."""
 
 
-class MemoryState:
-    """:class:`CentralState` in memory, with setters for the producer (thread-safe)."""
+@runtime_checkable
+class StateHistory(Protocol):
+    """Optional history side of a state store (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def kpi_history(self, intersection_id: str, *, since: float = 0.0,
+                    limit: int = 500) -> list[KpiSnapshot]:
+        """KPI snapshots with ``t >= since``, oldest first, the newest ``limit`` of them."""
+
+    def measurements(self, intersection_id: str, *, limit: int = 1) -> list[Measurement]:
+        """The newest ``limit`` measurements, oldest first."""
+
+
+class MemoryState:
+    """:class:`CentralState` in memory, with setters for the producer (thread-safe).
+
+    It also keeps the last ``history`` KPI snapshots and measurements of each intersection
+    (:class:`StateHistory`).
+    """
+
+    def __init__(self, *, history: int = 720) -> None:
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise ValueError(f"history: must be a whole number >= 1, got {history!r}")
         self._lock = threading.Lock()
         self._status: dict[str, Status] = {}
         self._kpis: dict[str, KpiSnapshot] = {}
+        self._history = history
+        self._kpi_history: dict[str, list[KpiSnapshot]] = {}
+        self._measurements: dict[str, list[Measurement]] = {}
 
     def set_status(self, status: Status) -> None:
         """Record an edge's status (a newer ``t`` wins; an offline last will, t = 0, always)."""
@@ -110,6 +137,27 @@ class MemoryState:
             raise ValueError(f"kpis: must be a KpiSnapshot, got {type(kpis).__name__}")
         with self._lock:
             self._kpis[intersection_id] = kpis
+            series = self._kpi_history.setdefault(intersection_id, [])
+            times = [k.t for k in series]
+            at = bisect.bisect_left(times, kpis.t)
+            if at < len(series) and series[at].t == kpis.t:
+                series[at] = kpis  # a snapshot for the same time replaces the earlier one
+            else:
+                series.insert(at, kpis)
+            del series[:-self._history]
+
+    def add_measurement(self, measurement: Measurement) -> None:
+        """Record a measurement of an intersection (kept newest last; a repeat seq is dropped)."""
+        if not isinstance(measurement, Measurement):
+            raise ValueError(f"measurement: must be a Measurement message, got "
+                             f"{type(measurement).__name__}")
+        with self._lock:
+            kept = self._measurements.setdefault(measurement.intersection_id, [])
+            if any(m.seq == measurement.seq for m in kept):
+                return
+            kept.append(measurement)
+            kept.sort(key=lambda m: (m.interval_start, m.seq))  # nearly sorted: linear
+            del kept[:-self._history]
 
     def status(self, intersection_id: str) -> Status | None:
         """See :meth:`CentralState.status`."""
@@ -120,3 +168,16 @@ class MemoryState:
         """See :meth:`CentralState.kpis`."""
         with self._lock:
             return self._kpis.get(intersection_id)
+
+    def kpi_history(self, intersection_id: str, *, since: float = 0.0,
+                    limit: int = 500) -> list[KpiSnapshot]:
+        """See :meth:`StateHistory.kpi_history`."""
+        with self._lock:
+            series = [k for k in self._kpi_history.get(intersection_id, ()) if k.t >= since]
+        return series[-limit:] if limit > 0 else []
+
+    def measurements(self, intersection_id: str, *, limit: int = 1) -> list[Measurement]:
+        """See :meth:`StateHistory.measurements`."""
+        with self._lock:
+            kept = list(self._measurements.get(intersection_id, ()))
+        return kept[-limit:] if limit > 0 else []

@@ -85,7 +85,10 @@ def test_the_openapi_document_lists_every_endpoint(centre):
     doc = centre.client.get("/openapi.json").json()
     paths = doc["paths"]
     assert set(paths) == {"/api/v1/me", "/api/v1/intersections",
-                          "/api/v1/intersections/{intersection_id}", "/api/v1/overrides",
+                          "/api/v1/intersections/{intersection_id}",
+                          "/api/v1/intersections/{intersection_id}/kpis",
+                          "/api/v1/intersections/{intersection_id}/measurements",
+                          "/api/v1/overrides",
                           "/api/v1/overrides/{override_id}/cancel", "/api/v1/audit",
                           "/api/v1/audit/verify"}
     assert "post" in paths["/api/v1/overrides"] and "get" in paths["/api/v1/overrides"]
