@@ -3,7 +3,8 @@
 Plan-signing keys: ``keygen`` makes a key pair (the public half goes into every edge's
 configuration), ``sign-plan`` checks a plan with the guard and signs it for a site. Operations
 (:mod:`optimizer.ops_cli`): ``serve`` runs the operations API, ``users`` manages its users,
-``override`` and ``audit`` are the terminal side of it.
+``override`` and ``audit`` are the terminal side of it. ``run`` runs the whole central service
+(:mod:`optimizer.central_service`): ingest, the re-planning loop and the operations API.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ def _sign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    from optimizer.central_config import load_central_config
+    from optimizer.central_service import CentralService
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return CentralService(load_central_config(args.config)).serve()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="tsc-central",
@@ -72,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--key", required=True, metavar="FILE", help="private key (PEM)")
     sign.add_argument("--key-id", help="key name the edges know it by (default: file stem)")
     sign.set_defaults(func=_sign)
+    run = sub.add_parser("run", help="run the central service: ingest, re-planning loop, API",
+                         description="Ingest the edges' measurements, re-plan every region on "
+                                     "its schedule, publish signed plans and heartbeats, "
+                                     "follow acks, and serve the operations API.")
+    run.add_argument("--config", required=True, metavar="FILE",
+                     help="central config (see configs/central.toml)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    run.set_defaults(func=_run)
     add_commands(sub)
     return parser
 

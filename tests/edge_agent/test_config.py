@@ -31,7 +31,8 @@ PLAN_FILES = ["main-oak-am-peak.toml", "main-oak-bad-yellow.toml", "elm-1st-offp
               "elm-1st-peak.toml"]
 # Shipped files loaded by the tests of what uses them.
 TESTED_ELSEWHERE = {"edge-elm-1st.toml": "tests/edge_agent/test_agent_config.py",
-                    "adaptive.toml": "tests/optimizer"}
+                    "adaptive.toml": "tests/optimizer",
+                    "central.toml": "tests/optimizer/test_ingest.py"}
 
 NEMA8 = (CONFIGS / "nema-8phase.toml").read_text(encoding="utf-8")
 NEMA4 = (CONFIGS / "nema-4phase.toml").read_text(encoding="utf-8")
