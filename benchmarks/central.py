@@ -37,11 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script, Python puts benchmarks/ first on sys.path, where a script named like a
-# package (benchmarks/edge_agent.py) would shadow it: look in the repository instead.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
 SITE = "bench"
 LANES = (("elm-1st_N_0", 10), ("elm-1st_N_1", 9), ("elm-1st_S_0", 11), ("elm-1st_S_1", 8),
          ("elm-1st_E_0", 4), ("elm-1st_W_0", 5))

@@ -3,21 +3,38 @@
 One TOML file per box names the site file and register map it runs with (paths relative to the
 file), the broker, the centre's public keys, the timeouts of the mode machine and the local
 time-of-day plans it falls back to. :func:`load_agent_config` validates everything once at
-start-up, including every referenced file and every fallback plan against the guard.
+start-up, including every referenced file and every fallback plan against the guard and the
+register map (a plan the controller's registers cannot carry exactly is refused here, not at
+3 a.m. when the centre goes silent).
+
+The tuning of the pure core lives in the same file, in tables that *are* the core's own
+structs, so there is one schema and one set of checks: ``[central]`` is a
+:class:`~edge_agent.modes.ModeConfig` (plus the trusted keys), ``[aggregation]`` an
+:class:`~edge_agent.aggregation.AggregationConfig` (its interval is the top-level
+``measurement_interval_s``, which is why ``aggregation.interval_s`` is refused) and
+``[detector_health]`` a :class:`~edge_agent.detector_health.HealthConfig`.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.config import load_intersection, load_plan, load_toml
-from edge_agent.errors import ConfigError
+import msgspec
+
+from edge_agent.aggregation import AggregationConfig
+from edge_agent.config import find_line, load_intersection, load_plan, load_toml
+from edge_agent.detector_health import HealthConfig
+from edge_agent.errors import ConfigError, PlanRejected
 from edge_agent.guard import check_plan
+from edge_agent.modbus_core import plan_writes
 from edge_agent.model import Contract, Ident, Intersection, require, require_finite, require_int
+from edge_agent.modes import ModeConfig
 from edge_agent.plan import TimingPlan
 from edge_agent.registers import RegisterMap
+from edge_agent.signatures import load_public_key
 
 __all__ = ["AgentConfig", "AgentFile", "MqttSettings", "CentralSettings", "TimeOfDayEntry",
            "load_agent_config"]
@@ -40,17 +57,21 @@ class MqttSettings(Contract, kw_only=True):
         require_finite(self.keepalive_s, "mqtt.keepalive_s", minimum=5.0)
 
 
-class CentralSettings(Contract, kw_only=True):
-    """Trust in the centre and how long its silence is tolerated."""
+class CentralSettings(ModeConfig, kw_only=True):
+    """Trust in the centre and how long its silence is tolerated: the mode machine's
+    :class:`~edge_agent.modes.ModeConfig` (``heartbeat_timeout_s``,
+    ``good_heartbeats_to_resume``, ``startup_grace_s``) plus the centre's public keys."""
 
     trusted_keys: dict[Ident, str]  # key id -> public key file (PEM)
-    heartbeat_timeout_s: float = 30.0
-    good_heartbeats_to_resume: int = 3
 
     def __post_init__(self) -> None:
         require(len(self.trusted_keys) > 0, "central.trusted_keys", "name at least one key")
+        # Stricter than the machine itself allows: a box that gives up on the centre within
+        # a second flaps on every lost packet.
         require_finite(self.heartbeat_timeout_s, "central.heartbeat_timeout_s", minimum=1.0)
         require_int(self.good_heartbeats_to_resume, "central.good_heartbeats_to_resume", 1, 100)
+        require_finite(self.startup_grace_s, "central.startup_grace_s", minimum=0.0)
+        super().__post_init__()
 
 
 class TimeOfDayEntry(Contract, kw_only=True):
@@ -82,6 +103,8 @@ class AgentFile(Contract, kw_only=True):
     mqtt: MqttSettings = MqttSettings()
     central: CentralSettings
     time_of_day: tuple[TimeOfDayEntry, ...]
+    aggregation: AggregationConfig = AggregationConfig()
+    detector_health: HealthConfig = HealthConfig()
 
     def __post_init__(self) -> None:
         require_finite(self.measurement_interval_s, "measurement_interval_s", minimum=1.0)
@@ -104,6 +127,25 @@ class AgentConfig:
     time_of_day: tuple[tuple[int, TimingPlan], ...]  # (minute of day, plan)
     spool_path: Path
 
+    @property
+    def modes(self) -> ModeConfig:
+        """The mode machine's timeouts (``[central]`` without the keys)."""
+        c = self.file.central
+        return ModeConfig(heartbeat_timeout_s=c.heartbeat_timeout_s,
+                          good_heartbeats_to_resume=c.good_heartbeats_to_resume,
+                          startup_grace_s=c.startup_grace_s)
+
+    @property
+    def aggregation(self) -> AggregationConfig:
+        """``[aggregation]`` with ``measurement_interval_s`` as its interval."""
+        return msgspec.structs.replace(self.file.aggregation,
+                                       interval_s=float(self.file.measurement_interval_s))
+
+    @property
+    def health(self) -> HealthConfig:
+        """The detector checks' thresholds (``[detector_health]``)."""
+        return self.file.detector_health
+
     def fallback_plan(self, minute_of_day: int) -> TimingPlan:
         """The time-of-day plan in force at ``minute_of_day`` (the last entry wraps midnight)."""
         current = self.time_of_day[-1][1]
@@ -117,6 +159,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     """Load and check an agent file and everything it refers to; ConfigError on any problem."""
     path = Path(path)
     file = load_toml(path, AgentFile)
+    text = path.read_text(encoding="utf-8")  # load_toml has read and parsed it already
+    if "interval_s" in tomllib.loads(text).get("aggregation", {}):
+        raise ConfigError("the interval is set once, as measurement_interval_s", file=str(path),
+                          key="aggregation.interval_s",
+                          line=find_line(text, "aggregation.interval_s"))
     base = path.parent
 
     def resolve(name: str) -> Path:
@@ -125,6 +172,12 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 
     intersection = load_intersection(resolve(file.site_config), file.intersection)
     register_map = load_toml(resolve(file.register_map), RegisterMap)
+    detectors = {d.id for d in intersection.detectors}
+    for detector in file.aggregation.counter_bits_by_detector:
+        if detector not in detectors:
+            raise ConfigError(f"unknown detector {detector!r} of intersection "
+                              f"{intersection.id}", file=str(path),
+                              key=f"aggregation.counter_bits_by_detector.{detector}")
     keys: dict[str, bytes] = {}
     for key_id, key_file in file.central.trusted_keys.items():
         try:
@@ -132,6 +185,12 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         except OSError as exc:
             raise ConfigError(f"cannot read public key {key_id!r}: {exc.strerror}",
                               file=str(path), key=f"central.trusted_keys.{key_id}") from exc
+        try:
+            load_public_key(keys[key_id])
+        except ValueError as exc:  # cryptography says ValueError for PEM it cannot read
+            raise ConfigError(f"public key {key_id!r} ({key_file}) is not an Ed25519 public "
+                              f"key in PEM: {exc}", file=str(path),
+                              key=f"central.trusted_keys.{key_id}") from exc
     plans = []
     for index, entry in enumerate(file.time_of_day):
         plan = load_plan(resolve(entry.plan))
@@ -140,6 +199,12 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             raise ConfigError(f"time-of-day plan {entry.plan} fails the guard: "
                               + "; ".join(str(v) for v in problems), file=str(path),
                               key=f"time_of_day[{index}].plan")
+        try:
+            plan_writes(plan, register_map)
+        except (PlanRejected, PermissionError) as exc:
+            raise ConfigError(f"time-of-day plan {entry.plan} cannot be written to the "
+                              f"controller: {exc}", file=str(path),
+                              key=f"time_of_day[{index}].plan") from exc
         plans.append((entry.minute_of_day, plan))
     return AgentConfig(file=file, path=path, intersection=intersection,
                        register_map=register_map, trusted_keys=keys,

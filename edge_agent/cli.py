@@ -2,6 +2,8 @@
 
 Exit status: 0 when everything checked is clean, 1 when a plan or configuration breaks a rule,
 2 when the input cannot be read at all (a missing file, bad TOML, an unknown key).
+``tsc-edge run`` exits 0 after a clean shutdown (SIGTERM, SIGINT), 1 when a link cannot start,
+2 for a configuration it refuses.
 """
 
 from __future__ import annotations
@@ -83,12 +85,24 @@ def _describe_config(path: str) -> str:
             + (f"; corridors {corridors}" if corridors else ""))
 
 
+def _run(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)  # everything checked before anything starts
+    try:  # the adapters need the edge extra (pymodbus, paho-mqtt); checking plans does not
+        from edge_agent.runtime_agent import run_agent
+    except ImportError as exc:
+        print(f"tsc-edge: run needs the edge extra (pip install 'tsc-edge[edge]'): {exc}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_agent(config, log_level=args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
         prog="tsc-edge",
-        description="Edge agent of the adaptive traffic-signal control service: checks timing "
-                    "plans and configuration files against the safety guard.")
+        description="Edge agent of the adaptive traffic-signal control service: runs the "
+                    "agent, checks timing plans and configuration files against the safety "
+                    "guard.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = sub.add_parser(
@@ -110,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "first problem of each with its file, key and line.")
     config.add_argument("files", nargs="+", metavar="FILE")
     config.set_defaults(func=_check_config)
+
+    run = sub.add_parser(
+        "run", help="run the edge agent of one intersection",
+        description="Poll the controller over Modbus, publish measurements and status over "
+                    "MQTT, take signed plans from the centre and write them to the controller "
+                    "through the safety guard, fall back to the local time-of-day plan when "
+                    "the centre is silent. Runs until SIGTERM or SIGINT.")
+    run.add_argument("--config", required=True, metavar="FILE",
+                     help="the agent file (TOML), e.g. configs/edge-elm-1st.toml")
+    run.add_argument("--log-level", default="INFO",
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    run.set_defaults(func=_run)
     return parser
 
 

@@ -26,6 +26,8 @@ from edge_agent.model import (
 
 __all__ = [
     "Access",
+    "Alarm",
+    "ControllerMode",
     "DataType",
     "DeviceSettings",
     "Register",
@@ -95,6 +97,26 @@ class Signal(str, enum.Enum):
     PHASE_HOLD = "phase.hold"  # local actuation: hold the current phase
     PHASE_FORCE_OFF = "phase.force_off"  # local actuation: end the phase at min green
     WATCHDOG = "watchdog"  # heartbeat the edge increments; the controller falls back if stale
+
+
+class ControllerMode(enum.IntEnum):
+    """Values of a ``controller.mode`` register: who runs the signals now.
+
+    A vendor's own codes are mapped onto these where the cabinet is integrated; the virtual
+    controller (:mod:`simulation.virtual_logic`) writes them as they are.
+    """
+
+    LOCAL = 1  # the controller's own programme
+    REMOTE = 2  # a plan the edge committed
+    FLASH = 3  # flashing operation (conflict monitor tripped, manual flash): a fault
+
+
+class Alarm(enum.IntFlag):
+    """Bits of a ``controller.alarm`` register."""
+
+    PLAN_REFUSED = 1  # the last committed plan failed the controller's own checks
+    WATCHDOG = 2  # the edge's watchdog went stale: the controller runs its own programme
+    FAULT = 4  # the controller (or the simulation behind it) failed: nothing can be trusted
 
 
 _WIDTH = {DataType.BOOL: 1, DataType.UINT16: 1, DataType.INT16: 1, DataType.UINT32: 2,

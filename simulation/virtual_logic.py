@@ -21,7 +21,6 @@ runs on the wall clock, since the edge writing it lives in real time.
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
@@ -31,28 +30,13 @@ from collections.abc import Callable, Collection
 from edge_agent.guard import check_plan
 from edge_agent.model import Intersection
 from edge_agent.plan import PhaseTiming, PlanSource, TimingPlan
-from edge_agent.registers import Register, Signal
+from edge_agent.registers import Alarm, ControllerMode, Register, Signal
 from simulation.signal_driver import SignalDriver
 from simulation.virtual_bank import RegisterBank
 
 __all__ = ["Alarm", "ControllerLogic", "ControllerMode", "PlanExecutor", "staged_plan"]
 
 _log = logging.getLogger(__name__)
-
-
-class ControllerMode(enum.IntEnum):
-    """Value of the ``controller.mode`` register."""
-
-    LOCAL = 1  # the controller's own programme
-    REMOTE = 2  # a plan the edge committed
-
-
-class Alarm(enum.IntFlag):
-    """Bits of the ``controller.alarm`` register."""
-
-    PLAN_REFUSED = 1  # the last committed plan failed the controller's checks
-    WATCHDOG = 2  # the watchdog went stale: back on the controller's own programme
-    FAULT = 4  # the simulation behind the controller failed; values no longer change
 
 
 def _one(bank: RegisterBank, signal: Signal) -> Register | None:
