@@ -5,6 +5,7 @@ configuration), ``sign-plan`` checks a plan with the guard and signs it for a si
 (:mod:`optimizer.ops_cli`): ``serve`` runs the operations API, ``users`` manages its users,
 ``override`` and ``audit`` are the terminal side of it. ``run`` runs the whole central service
 (:mod:`optimizer.central_service`): ingest, the re-planning loop and the operations API.
+``demo`` (:mod:`optimizer.demo`) runs everything on one machine on a generated SUMO corridor.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edge_agent.errors import ConfigError, TscError
 from edge_agent.guard import check_plan
 from edge_agent.messages import encode
 from edge_agent.signatures import generate_key, load_private_key, sign_plan
+from optimizer.demo import add_demo_command
 from optimizer.ops_cli import add_commands
 
 
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     run.set_defaults(func=_run)
     add_commands(sub)
+    add_demo_command(sub)
     return parser
 
 
