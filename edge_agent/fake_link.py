@@ -143,7 +143,8 @@ class FakeLink:
         data = encode(payload) if isinstance(payload, Message) else payload
         try:
             inbound = decode_inbound(topic_name, data, sensor_prefix=self._prefix,
-                                     retained=retained, received_at=self._clock())
+                                     retained=retained, received_at=self._clock(),
+                                     addressed_to=(self.site, self.intersection))
         except MessageError:  # the real link logs and counts it
             self._counts["rejected"] += 1
             return None

@@ -32,7 +32,7 @@ from edge_agent.messages import (
 )
 from edge_agent.model import require_ident
 from edge_agent.spool import PRIORITY_KEEP, PRIORITY_LOW, PRIORITY_NORMAL, SpoolItem
-from edge_agent.topics import TOPIC_QOS, TOPIC_RETAIN, TopicKind, topic
+from edge_agent.topics import TOPIC_QOS, TOPIC_RETAIN, TopicKind, parse_topic, topic
 
 __all__ = ["MqttLinkStats", "SensorReading", "Inbound", "Outbound", "InboundMessage",
            "decode_inbound", "decode_sensor", "prepare_outbound", "sensor_filter",
@@ -145,12 +145,25 @@ def decode_sensor(prefix: str, topic_name: str, payload: bytes,
 
 
 def decode_inbound(topic_name: str, payload: bytes, *, sensor_prefix: str, retained: bool,
-                   received_at: float) -> Inbound:
-    """Decode what arrived on ``topic_name``; MessageError if it is malformed or unexpected."""
+                   received_at: float, addressed_to: tuple[str, str] | None = None) -> Inbound:
+    """Decode what arrived on ``topic_name``; MessageError if it is malformed or unexpected.
+
+    With ``addressed_to`` = (site, intersection), a plan or heartbeat on another
+    intersection's topic is refused too: a broker that delivers what was not subscribed (seen
+    with an embedded broker's retained messages) must not make the edge ack another's plan.
+    """
     message: InboundMessage
     if sensor_prefix and topic_name.startswith(sensor_prefix + "/"):
         message = decode_sensor(sensor_prefix, topic_name, payload, received_at)
     else:
+        if addressed_to is not None:
+            try:
+                address = parse_topic(topic_name)
+            except ValueError as exc:
+                raise MessageError(str(exc)) from None
+            if (address.site, address.intersection) != addressed_to:
+                raise MessageError(f"{topic_name!r} is not addressed to "
+                                   f"{addressed_to[0]}/{addressed_to[1]}")
         decoded = decode_for_topic(topic_name, payload)
         if not isinstance(decoded, (PlanMessage, Heartbeat)):
             raise MessageError(f"{type(decoded).__name__} on {topic_name!r}: an edge receives "

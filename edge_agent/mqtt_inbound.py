@@ -33,8 +33,10 @@ class InboundDispatcher:
     """A bounded queue and the thread that decodes and hands over what it holds."""
 
     def __init__(self, name: str, on_inbound: Callable[[Inbound], None], *,
-                 sensor_prefix: str = "", maxsize: int = 10_000) -> None:
+                 sensor_prefix: str = "", maxsize: int = 10_000,
+                 addressed_to: tuple[str, str] | None = None) -> None:
         self._name, self._on_inbound, self._prefix = name, on_inbound, sensor_prefix
+        self._addressed_to = addressed_to
         self._queue: queue.Queue[tuple[str, bytes, bool, float] | None] = \
             queue.Queue(maxsize=maxsize)
         self._thread: threading.Thread | None = None
@@ -86,7 +88,8 @@ class InboundDispatcher:
     def _handle(self, topic: str, payload: bytes, retained: bool, received_at: float) -> None:
         try:
             inbound = decode_inbound(topic, payload, sensor_prefix=self._prefix,
-                                     retained=retained, received_at=received_at)
+                                     retained=retained, received_at=received_at,
+                                     addressed_to=self._addressed_to)
         except MessageError as exc:
             self.rejected += 1
             if topic in self._bad_topics:

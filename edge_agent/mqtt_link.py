@@ -105,7 +105,8 @@ class EdgeLink:
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._receiver = InboundDispatcher(self._name, on_inbound,
                                            sensor_prefix=self._sensor_prefix,
-                                           maxsize=inbound_queue)
+                                           maxsize=inbound_queue,
+                                           addressed_to=(site, intersection))
         self._ready = threading.Event()  # connected and subscribed
         self._spool_ready = threading.Event()
         self._cond = threading.Condition()  # guards _submitted, _stats, _failed

@@ -228,3 +228,22 @@ def test_fake_link_numbers_delivers_and_survives_an_outage() -> None:
         with pytest.raises(DeviceError, match="already started"):
             link.start()
     assert link.statuses[-1].online is False and link.statuses[-1].detail == "shut down cleanly"
+
+
+def test_plans_on_another_intersections_topic_are_refused_not_acked() -> None:
+    """A broker may deliver what was not subscribed; the edge must not take it as its own."""
+    other = topic(SITE, "elsewhere", TopicKind.PLAN)
+    payload = encode(plan_message())
+    with pytest.raises(MessageError, match="is not addressed to"):
+        decode_inbound(other, payload, sensor_prefix="", retained=True, received_at=0.0,
+                       addressed_to=(SITE, CROSSING))
+    with pytest.raises(MessageError, match="is not addressed to"):
+        decode_inbound(topic("other-site", CROSSING, TopicKind.HEARTBEAT), payload,
+                       sensor_prefix="", retained=False, received_at=0.0,
+                       addressed_to=(SITE, CROSSING))
+    with pytest.raises(MessageError, match="topic"):
+        decode_inbound("not/ours", payload, sensor_prefix="", retained=False, received_at=0.0,
+                       addressed_to=(SITE, CROSSING))
+    mine = decode_inbound(t(TopicKind.PLAN), encode(plan_message()), sensor_prefix="",
+                          retained=True, received_at=0.0, addressed_to=(SITE, CROSSING))
+    assert mine.topic == t(TopicKind.PLAN)
