@@ -68,6 +68,7 @@ from edge_agent.modes import (
     ModeMachine, PlanActivated, SafeBoundary, Tick,
 )
 from edge_agent.plan import PlanSource, TimingPlan
+from edge_agent.plan_id_store import load_last_plan_id, save_last_plan_id
 from edge_agent.registers import Alarm
 from edge_agent.runtime_inputs import (
     RegisterReadings, SensorDetectors, alarm_bits, controller_fault, own_programme,
@@ -115,7 +116,11 @@ class EdgeRuntime:
         self._trusted = {k: load_public_key(pem) for k, pem in config.trusted_keys.items()}
         # Look at the window at least twice a poll period, or a boundary can be missed.
         window = max(2.0, 2.0 * regmap.device.poll_period_s)
-        self.book = PlanBook(self.site, x, self._trusted, switch_window_s=window)
+        # The highest accepted plan id survives restarts: an older signed plan is a replay.
+        self._plan_id_path = config.spool_path.with_name(config.spool_path.name + ".plan-id")
+        self._saved_plan_id = load_last_plan_id(self._plan_id_path)
+        self.book = PlanBook(self.site, x, self._trusted, switch_window_s=window,
+                             last_plan_id=self._saved_plan_id)
         self._sensors = SensorDetectors(x, aggregation.jam_spacing_m)
         self._watchdog = watchdog_register(regmap) is not None
         if not self._watchdog:
@@ -209,6 +214,9 @@ class EdgeRuntime:
 
     def _offer(self, message: PlanMessage, now: float) -> None:
         ack = self._admit(message, now)
+        if self.book.last_plan_id > self._saved_plan_id:  # durable before the centre hears
+            save_last_plan_id(self._plan_id_path, self.book.last_plan_id)
+            self._saved_plan_id = self.book.last_plan_id
         self._send(ack, now)
         if ack.accepted:
             self.stats.plans_accepted += 1

@@ -8,6 +8,7 @@ The same behaviour over real mosquitto and a real pymodbus TCP server is in
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -538,3 +539,37 @@ def test_controller_constants_are_the_virtual_controllers():
     assert (int(ControllerMode.LOCAL), int(ControllerMode.REMOTE), int(ControllerMode.FLASH)) \
         == (1, 2, 3)
     assert (Alarm.PLAN_REFUSED | Alarm.WATCHDOG | Alarm.FAULT) == 7
+
+
+def test_the_last_accepted_plan_id_survives_a_restart(tmp_path):
+    """A restarted edge refuses an older signed plan: it would be a replay."""
+    path = agent_file(tmp_path)
+    first = Rig(path)
+    try:
+        first.send(signed(elm_plan(7, activation=T0)))
+        first.step()
+        assert first.sent(Ack)[-1].accepted
+    finally:
+        first.close()
+    assert json.loads((tmp_path / "spool.sqlite.plan-id").read_text()) == {"last_plan_id": 7}
+    second = Rig(path)
+    try:
+        assert second.rt.book.last_plan_id == 7
+        second.send(signed(elm_plan(6, activation=T0)))
+        second.step()
+        ack = second.sent(Ack)[-1]
+        assert (ack.plan_id, ack.accepted) == (6, False)
+    finally:
+        second.close()
+
+
+@pytest.mark.parametrize("content", ["not json", '{"last_plan_id": -1}', '[1]'])
+def test_an_unreadable_plan_id_file_is_refused_at_start(tmp_path, content):
+    from edge_agent.errors import ConfigError
+    from edge_agent.plan_id_store import load_last_plan_id
+
+    bad = tmp_path / "x.plan-id"
+    bad.write_text(content)
+    with pytest.raises(ConfigError, match="plan id|last_plan_id"):
+        load_last_plan_id(bad)
+    assert load_last_plan_id(tmp_path / "absent") == 0
