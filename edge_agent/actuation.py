@@ -23,7 +23,9 @@ What a decision does, in order of precedence, while the current phase is green:
 6. **gap-out**: otherwise end it, and serve the phase with the most demand next (queued plus
    weighted approaching vehicles, less weighted vehicles already in its exit zones, plus a
    weight per second waited; phases with no demand are skipped; a phase that has waited
-   ``max_wait_s`` with at least ``min_queue_veh`` queued goes first).
+   ``max_wait_s`` with at least ``min_queue_veh`` queued goes first, at this gap-out or the
+   max-out; it ends a green that is still discharging a queue only once it has waited
+   ``preempt_wait_s``: cutting a saturated discharge for one or two vehicles cost delay).
 
 Every decision carries an explanation such as ``"phase 2 extended: queue 14 veh, gap 1.1 s"``.
 """
@@ -57,6 +59,10 @@ class ActuationParams:
     vehicles already in a phase's exit zones, subtracted from its demand when ranking phases
     (green into a filling link moves fewer vehicles). ``wait_weight``: vehicles' worth of each
     second a phase has waited, added when ranking phases (long waits are served sooner).
+    ``preempt_wait_s``: a phase that has waited ``max_wait_s`` is served next, when the green
+    in force gaps out or maxes out; only after ``preempt_wait_s`` does it also end a green
+    that is still discharging a queue (0: at ``max_wait_s``, as soon as it starves). The wait
+    stays bounded either way: by ``max_wait_s`` plus the current phase's max green.
     """
 
     passage_s: float = 2.5
@@ -68,10 +74,12 @@ class ActuationParams:
     waiting_ref_veh: float = 0.0
     pressure_weight: float = 0.0
     wait_weight: float = 0.0
+    preempt_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("passage_s", "min_queue_veh", "approach_weight", "max_wait_s", "recall_s",
-                     "passage_min_s", "waiting_ref_veh", "pressure_weight", "wait_weight"):
+                     "passage_min_s", "waiting_ref_veh", "pressure_weight", "wait_weight",
+                     "preempt_wait_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"actuation.{name}: must be a finite number >= 0, got {value!r}")
@@ -185,18 +193,27 @@ class Actuator:
         starving = [n for n in candidates if self.waited(n, now) >= p.max_wait_s
                     and (self._queue(n, measures) >= p.min_queue_veh or
                          not measures.get(n, PhaseMeasure(detected=False)).detected)]
-        if green_elapsed >= b.max_green - 1e-9 or starving:
+        # A starving phase is served next; it ends a green still discharging a queue only
+        # once it has waited preempt_wait_s (at max_wait_s when that is 0).
+        preempt = max(p.preempt_wait_s, p.max_wait_s)
+        urgent = [n for n in starving if self.waited(n, now) >= preempt - 1e-9]
+        if green_elapsed >= b.max_green - 1e-9 or urgent:
             why = (f"max-out at {green_elapsed:.0f} s" if green_elapsed >= b.max_green - 1e-9
-                   else f"phase {starving[0]} waited {self.waited(starving[0], now):.0f} s")
+                   else f"phase {urgent[0]} waited {self.waited(urgent[0], now):.0f} s")
             return self._switch(phase, green_elapsed, starving or candidates, measures,
                                 f"phase {phase} ended: {why}", now)
         passage = self.passage(phase, measures)
         keep = self._extension(phase, own, passage)
         if keep is not None:
+            if starving:
+                keep = Decision(keep.action, f"{keep.reason}; phase {starving[0]} waited "
+                                             f"{self.waited(starving[0], now):.0f} s: served next")
             return keep
-        return self._switch(phase, green_elapsed, candidates, measures,
-                            f"phase {phase} gap-out after {green_elapsed:.0f} s "
-                            f"(gap {_fmt_gap(own.gap_s)} > {passage:.1f} s)", now)
+        why = f"phase {phase} gap-out after {green_elapsed:.0f} s (gap {_fmt_gap(own.gap_s)} > " \
+              f"{passage:.1f} s)"
+        if starving:
+            why += f"; phase {starving[0]} waited {self.waited(starving[0], now):.0f} s"
+        return self._switch(phase, green_elapsed, starving or candidates, measures, why, now)
 
     # --- pieces ---------------------------------------------------------------------------
     def passage(self, phase: int, measures: Mapping[int, PhaseMeasure]) -> float:

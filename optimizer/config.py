@@ -44,6 +44,7 @@ class Actuation(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
     waiting_ref_veh: float
     pressure_weight: float
     wait_weight: float
+    preempt_wait_s: float = 0.0
 
 
 class Detection(_Table, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -119,7 +120,8 @@ class AdaptiveConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                                approach_weight=a.approach_weight, max_wait_s=a.max_wait_s,
                                recall_s=a.recall_s, passage_min_s=a.passage_min_s,
                                waiting_ref_veh=a.waiting_ref_veh,
-                               pressure_weight=a.pressure_weight, wait_weight=a.wait_weight)
+                               pressure_weight=a.pressure_weight, wait_weight=a.wait_weight,
+                               preempt_wait_s=a.preempt_wait_s)
 
 
 def load_adaptive_config(path: str | Path | None = None,

@@ -100,6 +100,50 @@ def test_a_starving_phase_goes_first(actuator):
     assert d.action == "switch" and d.target == 3 and "waited 130 s" in d.reason
 
 
+def served_next() -> Actuator:
+    a = Actuator(three_phase(), (1, 2, 3),
+                 ActuationParams(passage_s=2.5, max_wait_s=120, preempt_wait_s=180))
+    a.served(3, 0.0)
+    return a
+
+
+def test_a_starving_phase_is_served_next_without_cutting_a_discharging_queue():
+    # Phase 3 has waited 130 s (>= max_wait_s, < preempt_wait_s): phase 1 keeps discharging
+    # its 9 vehicles, and says that phase 3 comes next.
+    d = decide(served_next(), 10.0, {1: PhaseMeasure(queue=9, discharging=9),
+                                     2: PhaseMeasure(queue=20), 3: PhaseMeasure(queue=1)},
+               now=130.0)
+    assert d.action == "extend" and "phase 3 waited 130 s: served next" in d.reason
+
+
+def test_at_gap_out_the_starving_phase_goes_before_a_bigger_queue():
+    d = decide(served_next(), 10.0, {1: IDLE, 2: PhaseMeasure(queue=20),
+                                     3: PhaseMeasure(queue=1)}, now=130.0)
+    assert d.action == "switch" and d.target == 3
+    assert "gap-out" in d.reason and "phase 3 waited 130 s" in d.reason
+
+
+def test_after_preempt_wait_a_starving_phase_ends_a_discharging_green():
+    d = decide(served_next(), 10.0, {1: PhaseMeasure(queue=9, discharging=9),
+                                     2: PhaseMeasure(queue=20), 3: PhaseMeasure(queue=1)},
+               now=181.0)
+    assert d.action == "switch" and d.target == 3
+    assert "phase 1 ended: phase 3 waited 181 s" in d.reason
+
+
+def test_a_starving_phase_still_waits_no_longer_than_max_wait_plus_a_max_green():
+    # Served next at the latest when phase 1 maxes out (40 s here), before preempt_wait_s.
+    d = decide(served_next(), 40.0, {1: PhaseMeasure(queue=9, discharging=9),
+                                     2: PhaseMeasure(queue=20), 3: PhaseMeasure(queue=1)},
+               now=160.0)
+    assert d.action == "switch" and d.target == 3 and "max-out" in d.reason
+
+
+def test_preempt_wait_is_validated():
+    with pytest.raises(ValueError, match="preempt_wait_s"):
+        ActuationParams(preempt_wait_s=-1.0)
+
+
 def test_detectorless_phase_is_recalled():
     a = Actuator(three_phase(), (1, 2, 3), ActuationParams(recall_s=60))
     a.served(2, 0.0)

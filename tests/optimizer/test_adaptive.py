@@ -19,6 +19,15 @@ def test_the_shipped_config_loads():
     assert DEFAULT_CONFIG.name == "adaptive.toml"
 
 
+def test_a_starving_phase_preempts_a_discharging_green_only_after_preempt_wait():
+    # Shipped: served next after max_wait_s, a discharging green is cut only after
+    # preempt_wait_s; an old config without the key keeps preemption at max_wait_s.
+    params = load_adaptive_config().actuation_params
+    assert params.preempt_wait_s > params.max_wait_s
+    legacy = load_adaptive_config(overrides={"actuation": {"preempt_wait_s": 0.0}})
+    assert legacy.actuation_params.preempt_wait_s == 0.0
+
+
 def test_unknown_keys_are_refused_naming_the_key(tmp_path):
     text = DEFAULT_CONFIG.read_text(encoding="utf-8").replace(
         "[actuation]\n", "[actuation]\npasage_s = 2.0\n")
@@ -31,6 +40,7 @@ def test_unknown_keys_are_refused_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize("table, key, value", [("planning", "max_degree", 1.5),
                                                ("actuation", "passage_s", -1.0),
+                                               ("actuation", "preempt_wait_s", -1.0),
                                                ("planning", "replan_s", 10.0)])
 def test_out_of_range_values_are_refused(table, key, value):
     with pytest.raises(ConfigError, match=f"{table}.{key}"):
