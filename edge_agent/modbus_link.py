@@ -337,8 +337,14 @@ class ModbusLink:
         for a value the register cannot carry exactly, DeviceError when the device is
         unreachable or refuses the write.
         """
-        planned = planned_write(self._writable(name), value,
-                                WordOrder(self.settings.word_order))
+        register = self._writable(name)
+        if register.signal.value.startswith("plan."):
+            # Plan registers change only as a whole plan that passed the guard.
+            _log.warning("refused a write to %s: plan registers are written by write_plan",
+                        name)
+            raise PermissionError(f"register {name} carries {register.signal.value}: plans "
+                                  "are written only through write_plan, after the guard")
+        planned = planned_write(register, value, WordOrder(self.settings.word_order))
         self._call(self._write_all([planned]), self._write_budget(1))
 
     def write_plan(self, plan: TimingPlan, intersection: Intersection) -> None:

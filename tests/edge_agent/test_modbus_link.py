@@ -5,6 +5,7 @@ server on 127.0.0.1 (DESIGN principle 8).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -331,8 +332,12 @@ class LinkContract:
                 rig.link.write(name, value)
         assert rig.vc.bank.write_log == []
         assert len([r for r in caplog.records if "write refused" in r.getMessage()]) == 3
-        with pytest.raises(ValueError, match="resolution"):
-            rig.link.write("plan_cycle", 80.05)
+        # Plan registers change only as a whole, guard-checked plan (write_plan).
+        with pytest.raises(PermissionError, match="only through write_plan"):
+            rig.link.write("plan_cycle", 80)
+        assert rig.vc.bank.write_log == []
+        with pytest.raises(ValueError, match="bool register"):
+            rig.link.write("hold_2", 0.5)
         rig.link.write("hold_2", True)
         assert [(w.name, w.value) for w in rig.vc.bank.write_log] == [("hold_2", 1.0)]
 
@@ -354,10 +359,18 @@ class LinkContract:
             rig.link.write_plan(bad, elm)
         assert rig.vc.bank.write_log == []
 
-    def test_the_controller_refuses_a_bad_plan_written_past_the_guard(self, rig):
-        rig.link.write("plan_id", 3)
-        rig.link.write("plan_cycle", 80)
-        rig.link.write("plan_commit", 3)  # splits never staged: all zero
+    def test_the_controller_refuses_a_bad_plan_written_past_the_guard(self, rig, elm_map):
+        # A rogue client (not the edge, which cannot do this) writes plan registers directly.
+        rogue = rig.vc.loopback_client()
+        address = {r.name: r.address for r in elm_map.registers}
+
+        async def write_past_the_guard() -> None:
+            await rogue.connect()
+            await rogue.write_registers(address["plan_id"], [0, 3])
+            await rogue.write_register(address["plan_cycle"], 800)
+            await rogue.write_register(address["plan_commit"], 3)  # splits never staged: zero
+
+        asyncio.run(write_past_the_guard())
         wait_for(lambda: rig.link.reading("alarms").value == Alarm.PLAN_REFUSED
                  and rig.link.reading("alarms").read_at > rig.vc.bank.write_log[-1].time - 1)
         assert rig.link.reading("mode").value == ControllerMode.LOCAL
