@@ -34,9 +34,11 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,28 @@ def _fixed_run(cfg: str, seed: int, seconds: float) -> dict[str, Any]:
     return run_episode(cfg, None, seed=seed, seconds=seconds, queue_every=None).kpis.to_dict()
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo (see the module docstring); the exit status."""
+@dataclass(frozen=True)
+class DemoRun:
+    """The running demo's parts, handed to ``run_demo``'s ``hook`` (tests drive it)."""
+
+    service: Any  # optimizer.central_service.CentralService
+    cabinets: Any  # simulation.virtual_cabinets.VirtualCabinets
+    broker: Any  # optimizer.demo_setup.DemoBroker
+    agents: list[Any]  # edge_agent.runtime_agent.Agent, one per intersection
+    url: str
+    admin_token: str
+    clock: Callable[[], float]
+    stop: threading.Event
+
+
+def run_demo(args: argparse.Namespace,
+             hook: Callable[[DemoRun], None] | None = None) -> int:
+    """Run the demo (see the module docstring); the exit status.
+
+    ``hook`` (tests): called with the :class:`DemoRun` once simulated time runs, in this
+    thread; the simulation goes on meanwhile, and the demo carries on when it returns (an
+    exception it raises stops the demo and propagates).
+    """
     if not args.minutes > 0 or not args.speed > 0:
         print("tsc-central demo: --minutes and --speed must be > 0", file=sys.stderr)
         return 2
@@ -177,19 +199,20 @@ def run_demo(args: argparse.Namespace) -> int:
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
     closers: list[tuple[str, Callable[[], None]]] = []
     try:
-        return _demo(args, stop, closers)
+        return _demo(args, stop, closers, hook)
     finally:
         for what, close in reversed(closers):
             try:
                 close()
-            except Exception:  # noqa: BLE001 - go on closing the rest
+            except Exception:
                 log.exception("closing %s failed", what)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
 
 def _demo(args: argparse.Namespace, stop: threading.Event,
-          closers: list[tuple[str, Callable[[], None]]]) -> int:
+          closers: list[tuple[str, Callable[[], None]]],
+          hook: Callable[[DemoRun], None] | None = None) -> int:
     import uvicorn
 
     from edge_agent.agent_config import load_agent_config
@@ -203,7 +226,7 @@ def _demo(args: argparse.Namespace, stop: threading.Event,
     work = Path(args.out).resolve()
     _fresh(work)
     seconds = args.minutes * 60.0
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    say = lambda text: print(text, file=sys.stderr, flush=True)
     cfg = generate_corridor(work / "scenario", intersections=args.intersections, seed=args.seed)
     say(f"scenario: {cfg} ({args.intersections} intersections, {args.minutes:g} simulated "
         f"minutes at {args.speed:g}x)")
@@ -279,6 +302,10 @@ def _demo(args: argparse.Namespace, stop: threading.Event,
         f"{'on' if args.validate else 'off'}")
 
     cabinets.resume()
+    if hook is not None:
+        hook(DemoRun(service=service, cabinets=cabinets, broker=broker,
+                     agents=[agent for agent, _ in agents], url=url, admin_token=token,
+                     clock=clock, stop=stop))
     progress = _Progress(not args.no_progress)
     while not stop.is_set() and not cabinets.finished.wait(0.25):
         counts = service.loop.counts
