@@ -96,6 +96,7 @@ class Signal(str, enum.Enum):
     PLAN_COMMIT = "plan.commit"  # written last: the controller loads the staged plan
     PHASE_HOLD = "phase.hold"  # local actuation: hold the current phase
     PHASE_FORCE_OFF = "phase.force_off"  # local actuation: end the phase at min green
+    PHASE_RECALL = "phase.recall"  # a failed detector's phase: serve it every cycle
     WATCHDOG = "watchdog"  # heartbeat the edge increments; the controller falls back if stale
 
 
@@ -163,7 +164,7 @@ class Register(Contract, kw_only=True):
             require(self.detector is not None, f"{where}.detector",
                     f"{self.signal.value} needs the detector id")
         if self.signal in (Signal.PLAN_SPLIT, Signal.PLAN_MIN_GREEN, Signal.PLAN_MAX_GREEN,
-                           Signal.PHASE_HOLD, Signal.PHASE_FORCE_OFF):
+                           Signal.PHASE_HOLD, Signal.PHASE_FORCE_OFF, Signal.PHASE_RECALL):
             require(self.phase is not None, f"{where}.phase", f"{self.signal.value} needs a phase")
         if self.signal == Signal.QUEUE_LENGTH:
             require(self.lane is not None, f"{where}.lane", "queue.length needs the lane id")

@@ -69,7 +69,7 @@ from edge_agent.modes import (
 )
 from edge_agent.plan import PlanSource, TimingPlan
 from edge_agent.plan_id_store import load_last_plan_id, save_last_plan_id
-from edge_agent.registers import Alarm
+from edge_agent.registers import Alarm, Signal
 from edge_agent.runtime_inputs import (
     RegisterReadings, SensorDetectors, alarm_bits, controller_fault, own_programme,
     status_registers, watchdog_register,
@@ -123,6 +123,10 @@ class EdgeRuntime:
                              last_plan_id=self._saved_plan_id)
         self._sensors = SensorDetectors(x, aggregation.jam_spacing_m)
         self._watchdog = watchdog_register(regmap) is not None
+        #: recall coil name -> phase, and the phases last put on recall (none of ours at start)
+        self._recall_coils = {r.name: r.phase for r in regmap.registers
+                              if r.signal == Signal.PHASE_RECALL and r.phase is not None}
+        self._recall_written: frozenset[int] = frozenset()
         if not self._watchdog:
             log.warning("register map has no single allow-listed watchdog register: the "
                         "controller cannot tell that the edge is alive")
@@ -392,11 +396,35 @@ class EdgeRuntime:
     def _report(self, now: float) -> None:
         for change in self.health.evaluate(now):
             log.log(logging.WARNING if change.failed else logging.INFO, "%s", change)
+        self._write_recalls(now)
         if now >= self._next_close:
             for measurement in self.aggregator.close(now, self.health.failed):
                 self._send(measurement, now)
                 self.stats.measurements += 1
             self._next_close = (math.floor(now / self._interval) + 1) * self._interval
+
+    def _write_recalls(self, now: float) -> None:
+        """Put the phases of failed detectors on recall at the controller (and take them off).
+
+        Written whenever the set changes, and again until a write succeeds: without its
+        detector a phase must still be served every cycle.
+        """
+        wanted = self.health.recall_phases
+        if not self._recall_coils or wanted == self._recall_written:
+            return
+        if not self.controller.connected or self.machine.mode == EdgeMode.FAULT:
+            return  # nothing is written to a faulty controller; retried once it is back
+        try:
+            for name, phase in self._recall_coils.items():
+                self.controller.write(name, phase in wanted)
+        except DeviceError as exc:
+            self._logs["write"].failed(now, f"recall not written: {exc}")
+            return
+        self._logs["write"].ok(now)
+        if wanted:
+            log.warning("phases %s on recall: failed detectors %s", sorted(wanted),
+                        sorted(self.health.failed))
+        self._recall_written = wanted
 
     def _send(self, message: Measurement | Ack, now: float) -> None:
         try:

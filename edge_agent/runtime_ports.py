@@ -35,6 +35,8 @@ class ControllerPort(Protocol):
 
     def kick_watchdog(self) -> float: ...
 
+    def write(self, name: str, value: float | bool) -> None: ...
+
 
 class UplinkPort(Protocol):
     """What the runtime needs of the MQTT link (:class:`EdgeLink`, :class:`FakeLink`)."""

@@ -88,7 +88,8 @@ def register_map_for(intersection: Intersection, *, device: DeviceSettings | Non
             add(f"{stem}_{n}", Table.HOLDING, signal, access=w, scale=0.1, unit="s", phase=n)
     add("plan_commit", Table.HOLDING, Signal.PLAN_COMMIT, access=w)
     add("watchdog", Table.HOLDING, Signal.WATCHDOG, access=w)
-    for signal, stem in ((Signal.PHASE_HOLD, "hold"), (Signal.PHASE_FORCE_OFF, "force_off")):
+    for signal, stem in ((Signal.PHASE_HOLD, "hold"), (Signal.PHASE_FORCE_OFF, "force_off"),
+                         (Signal.PHASE_RECALL, "recall")):
         for n in numbers:
             add(f"{stem}_{n}", Table.COIL, signal, type_=DataType.BOOL, access=w, phase=n)
     if max(nxt.values()) > 65536:

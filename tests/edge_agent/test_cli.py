@@ -197,7 +197,7 @@ def test_check_config_on_every_shipped_config(capsys) -> None:
         f"{CONFIGS / 'edge-elm-1st.toml'}: OK, edge agent for downtown/elm-1st: "
         "3 time-of-day plans, 1 trusted key(s)",
         f"{CONFIGS / 'modbus-elm-1st.toml'}: OK, register map of elm-1st-cabinet: "
-        "51 registers, 25 writable",
+        "55 registers, 29 writable",
         f"{CONFIGS / 'nema-4phase.toml'}: OK, site downtown: elm-1st",
         f"{NEMA8}: OK, site downtown: main-oak",
     ]

@@ -71,13 +71,13 @@ def test_blocks_are_contiguous_runs_per_table(elm_map):
     blocks = plan_blocks(elm_map.registers)
     assert [str(b) for b in blocks] == [
         "input 0..5", "input 10..15", "input 20..21", "input 30..31", "input 40..43",
-        "discrete 0..5", "holding 100..116", "holding 120..120", "coil 0..7"]
+        "discrete 0..5", "holding 100..116", "holding 120..120", "coil 0..11"]
     assert sum(len(b.registers) for b in blocks) == len(elm_map.registers)
 
 
 def test_gaps_are_bridged_only_when_asked(elm_map):
     assert [str(b) for b in plan_blocks(elm_map.registers, max_gap=8)] == [
-        "input 0..43", "discrete 0..5", "holding 100..120", "coil 0..7"]
+        "input 0..43", "discrete 0..5", "holding 100..120", "coil 0..11"]
 
 
 def test_blocks_respect_the_request_limits_and_never_split_a_value():

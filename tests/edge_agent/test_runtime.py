@@ -573,3 +573,19 @@ def test_an_unreadable_plan_id_file_is_refused_at_start(tmp_path, content):
     with pytest.raises(ConfigError, match="plan id|last_plan_id"):
         load_last_plan_id(bad)
     assert load_last_plan_id(tmp_path / "absent") == 0
+
+
+def test_a_stuck_detector_puts_its_phase_on_recall_at_the_controller(rig, caplog):
+    """elm-1st_S_0_stop (presence_0) sits on lane S_0 of movement NB, served by phase 2."""
+    caplog.set_level(logging.WARNING, logger="edge_agent.runtime")
+    rig.run(5, beat_every=5)
+    assert rig.bank.load("recall_2") == 0.0
+    rig.bank.store("presence_0", 1)  # held on: stuck after stuck_on_s (180 s)
+    rig.run(240, beat_every=5)
+    assert "elm-1st_S_0_stop" in rig.rt.health.failed
+    assert rig.bank.load("recall_2") == 1.0
+    assert [rig.bank.load(f"recall_{n}") for n in (4, 6, 8)] == [0.0, 0.0, 0.0]
+    assert any("on recall" in r.getMessage() for r in caplog.records)
+    writes = [w.name for w in rig.bank.write_log if w.name.startswith("recall_")]
+    rig.run(30, beat_every=5)  # unchanged: not written again
+    assert [w.name for w in rig.bank.write_log if w.name.startswith("recall_")] == writes

@@ -5,6 +5,8 @@ controller on the generated corridor, seen from the edge's ModbusLink.
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import signal
 import subprocess
@@ -83,7 +85,7 @@ def test_bank_refuses_what_a_cabinet_refuses(elm_map):
         bank.read(Table.INPUT, 5, 3)  # 6 and 7 are not mapped
     assert err.value.code == ExcCodes.ILLEGAL_ADDRESS
     assert bank.read(Table.DISCRETE, 4, 4) == [False] * 4  # bits read as 0 where unmapped
-    for table, address in ((Table.HOLDING, 117), (Table.COIL, 9)):
+    for table, address in ((Table.HOLDING, 117), (Table.COIL, 12)):
         with pytest.raises(RequestRefused, match="not mapped"):
             bank.write(table, address, [1])
     with pytest.raises(RequestRefused, match="read-only") as err:
@@ -312,7 +314,7 @@ def test_the_tcp_server_refuses_like_a_cabinet(elm_map, elm):
             assert client.read_input_registers(5, count=3, device_id=1).exception_code == \
                 ExcCodes.ILLEGAL_ADDRESS
             assert client.write_register(117, 1, device_id=1).isError()
-            assert client.write_coil(9, True, device_id=1).isError()
+            assert client.write_coil(12, True, device_id=1).isError()
             assert client.mask_write_register(address=120, device_id=1).exception_code == \
                 ExcCodes.ILLEGAL_FUNCTION
             assert client.write_registers(100, [0, 9], device_id=1).isError() is False
@@ -415,10 +417,20 @@ def test_sumo_controller_refuses_bad_timing_and_falls_back_on_a_stale_watchdog(c
     vc = serve(scenario=corridor, speed=60.0, watchdog_timeout_s=1.0)
     link = fast_link(vc)
     try:
-        # Past the edge's guard, straight into the registers: phase 1 green 2 s < min 5 s.
-        for name, value in (("plan_id", 3), ("plan_cycle", 50), ("split_1", 6), ("split_2", 44),
-                            ("plan_commit", 3)):
-            link.write(name, value)
+        # Past the edge's guard (which refuses single plan-register writes), straight into
+        # the registers as a rogue client would: phase 1 green 2 s < min 5 s.
+        regs = {r.name: r for r in link.regmap.registers}
+        order = WordOrder(link.regmap.device.word_order)
+        rogue = vc.loopback_client()
+
+        async def write_past_the_guard() -> None:
+            await rogue.connect()
+            for name, value in (("plan_id", 3), ("plan_cycle", 50), ("split_1", 6),
+                                ("split_2", 44), ("plan_commit", 3)):
+                words = encode_value(regs[name], value, order)
+                await rogue.write_registers(regs[name].address, words)
+
+        asyncio.run(write_past_the_guard())
         wait_until(lambda: link.reading("alarms").value == Alarm.PLAN_REFUSED)
         assert link.value("mode") == ControllerMode.LOCAL
         assert any("min-green" in r for r in vc.logic.refusals[-1])
