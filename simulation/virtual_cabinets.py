@@ -17,7 +17,6 @@ episode KPIs once the episode ended (or was stopped).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -40,7 +39,8 @@ from simulation.sumo_session import SumoSession
 from simulation.virtual_controller import VirtualController
 from simulation.virtual_logic import PlanExecutor
 from simulation.virtual_map import LOOP_KINDS, register_map_for
-from simulation.virtual_sumo import SumoIntersection, _Detector, detectors_xml
+from simulation.virtual_sumo import (SumoIntersection, _Detector, detectors_xml,
+                                     session_with_additional)
 
 __all__ = ["Commit", "VirtualCabinets"]
 
@@ -170,15 +170,8 @@ class VirtualCabinets:
                 rows.append((d, lane, lanes[lane].length))
         add = folder / "tsc-cabinets-detectors.add.xml"
         add.write_text(detectors_xml(rows), encoding="utf-8")
-        scenario, extra = self.scenario, []
-        if scenario.config_file is None:
-            scenario = dataclasses.replace(scenario,
-                                           additional_files=scenario.additional_files + (add,))
-        else:  # the command line replaces the cfg's list: repeat the cfg's own files
-            files = [str(f) for f in scenario.additional_files] + [str(add)]
-            extra = ["--additional-files", ",".join(files)]
-        return SumoSession(scenario, seed=self.seed, seconds=self.seconds, extra_args=extra,
-                           output_dir=self.output_dir or folder)
+        return session_with_additional(self.scenario, add, seed=self.seed, seconds=self.seconds,
+                                       output_dir=self.output_dir or folder)
 
     def _run(self) -> None:
         folder = Path(tempfile.mkdtemp(prefix="tsc-cabinets-"))

@@ -50,7 +50,7 @@ from simulation.virtual_bank import RegisterBank
 from simulation.virtual_logic import ControllerLogic, PlanExecutor
 from simulation.virtual_map import LOOP_KINDS
 
-__all__ = ["SumoIntersection", "detectors_xml"]
+__all__ = ["SumoIntersection", "detectors_xml", "session_with_additional"]
 
 _log = logging.getLogger(__name__)
 JAM_SPACING_M = 7.5  # a halting car and its gap, for lanes without a queue detector
@@ -77,6 +77,20 @@ def detectors_xml(detectors: list[tuple[Detector, str, float]]) -> str:
                        f'period="3600" file={null} friendlyPos="true"/>')
     out += ["</additional>", ""]
     return "\n".join(out)
+
+
+def session_with_additional(scenario: Scenario, add: Path, *, seed: int | None,
+                            seconds: float | None, output_dir: Path) -> SumoSession:
+    """A session of ``scenario`` that also loads the additional file ``add`` (our detectors)."""
+    extra: list[str] = []
+    if scenario.config_file is None:
+        scenario = dataclasses.replace(scenario,
+                                       additional_files=scenario.additional_files + (add,))
+    else:  # the command line replaces the cfg's list: repeat the cfg's own files
+        files = [str(f) for f in scenario.additional_files] + [str(add)]
+        extra = ["--additional-files", ",".join(files)]
+    return SumoSession(scenario, seed=seed, seconds=seconds, extra_args=extra,
+                       output_dir=output_dir)
 
 
 def _fit(reg: Register, value: float) -> float:
@@ -227,16 +241,8 @@ class SumoIntersection:
         return path
 
     def _session(self, folder: Path) -> SumoSession:
-        add = self._additional(folder)
-        scenario, extra = self.scenario, []
-        if scenario.config_file is None:
-            scenario = dataclasses.replace(scenario,
-                                           additional_files=scenario.additional_files + (add,))
-        else:  # the command line replaces the cfg's list: repeat the cfg's own files
-            files = [str(f) for f in scenario.additional_files] + [str(add)]
-            extra = ["--additional-files", ",".join(files)]
-        return SumoSession(scenario, seed=self.seed, seconds=self.seconds, extra_args=extra,
-                           output_dir=folder)
+        return session_with_additional(self.scenario, self._additional(folder), seed=self.seed,
+                                       seconds=self.seconds, output_dir=folder)
 
     def _run(self) -> None:
         folder = Path(tempfile.mkdtemp(prefix="tsc-vc-"))
