@@ -26,50 +26,18 @@ import argparse
 import json
 import multiprocessing
 import os
-import pwd
 import random
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from optimizer.mosquitto import Mosquitto
+
 SITE = "bench"
 LANES = (("elm-1st_N_0", 10), ("elm-1st_N_1", 9), ("elm-1st_S_0", 11), ("elm-1st_S_1", 8),
          ("elm-1st_E_0", 4), ("elm-1st_W_0", 5))
-
-
-class Broker:
-    """A throw-away mosquitto on a free loopback port."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = next((b for b in (shutil.which("mosquitto"), "/usr/sbin/mosquitto")
-                       if b and os.path.exists(b)), None)
-        if binary is None:
-            sys.exit("mosquitto not found: apt-get install mosquitto")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        config = directory / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                          f"max_queued_messages 1000000\n"
-                          f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
-        self.process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 def measurement(x: str, seq: int, start: float) -> Any:
@@ -121,7 +89,10 @@ def bench_ingest(folder: Path, edges: int, messages: int, dup: float, procs: int
     from optimizer.publisher import CentralLink
     from optimizer.state import MemoryState
 
-    broker = Broker(folder)
+    try:
+        broker = Mosquitto(folder, max_queued_messages=1_000_000).start()
+    except FileNotFoundError as exc:
+        sys.exit(str(exc))
     ids = [f"x{i:04d}" for i in range(edges)]
     history = History(folder / "ingest.sqlite")
     ingest = Ingest(history, MemoryState(), site=SITE, intersections=ids)

@@ -30,10 +30,6 @@ import argparse
 import json
 import logging
 import os
-import pwd
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +41,7 @@ from typing import Any, Callable
 from edge_agent.messages import LaneMeasurement, Measurement, encode
 from edge_agent.mqtt_link import EdgeLink
 from edge_agent.spool import Spool, SpoolItem
+from optimizer.mosquitto import Mosquitto
 
 SITE, CROSSING = "bench", "main-oak"
 OUTSTANDING = 1000
@@ -65,43 +62,6 @@ def memory_kib() -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0])
     return fields
-
-
-class Broker:
-    """A throw-away mosquitto on a free loopback port (persistence off: it measures us)."""
-
-    def __init__(self, directory: Path, cores: set[int]) -> None:
-        binary = next((b for b in (shutil.which("mosquitto"), "/usr/sbin/mosquitto")
-                       if b and os.path.exists(b)), None)
-        if binary is None:
-            sys.exit("mosquitto not found: apt-get install mosquitto")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        config = directory / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                          f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
-        self.command, self.cores = [binary, "-c", str(config)], cores
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cores = self.cores
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
 
 
 def timed(n: int, run: Callable[[], None]) -> dict[str, float]:
@@ -136,7 +96,7 @@ def submit_all(link: EdgeLink, m: Measurement, n: int) -> None:
     futures[-1].result(60)
 
 
-def bench_link(directory: Path, broker: Broker, n: int, pipelined: bool) -> dict[str, Any]:
+def bench_link(directory: Path, broker: Mosquitto, n: int, pipelined: bool) -> dict[str, Any]:
     link = new_link(directory, f"link-{pipelined}.sqlite", broker.port)
     link.start()
     assert link.wait_connected(10), "no broker"
@@ -156,7 +116,7 @@ def bench_link(directory: Path, broker: Broker, n: int, pipelined: bool) -> dict
     return result
 
 
-def bench_backlog(directory: Path, broker: Broker, n: int) -> dict[str, Any]:
+def bench_backlog(directory: Path, broker: Mosquitto, n: int) -> dict[str, Any]:
     broker.stop()
     link = new_link(directory, "backlog.sqlite", broker.port)
     link.start()
@@ -187,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         directory = Path(tmp)
         results["spool, 1 per commit"] = bench_spool(directory, min(n, 2000), 1)
         results["spool, 100 per commit"] = bench_spool(directory, n, 100)
-        broker = Broker(directory, others)
-        broker.start()
+        try:
+            broker = Mosquitto(directory / "broker", cores=others).start()
+        except FileNotFoundError as exc:
+            sys.exit(str(exc))
         try:
             results["rss_before_link_kib"] = memory_kib()["VmRSS"]
             results["link, publish() each"] = bench_link(directory, broker, min(n, 2000), False)

@@ -12,12 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
-import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -27,34 +22,13 @@ import msgspec
 
 from edge_agent.registers import RegisterMap
 from edge_agent.signatures import generate_key
+from optimizer.mosquitto import Mosquitto, find_mosquitto, free_port
 from simulation.net_import import ImportedNet, write_site_config
 from simulation.virtual_map import write_register_map
 
 __all__ = ["DemoBroker", "DemoFiles", "find_mosquitto", "free_port", "write_demo_files"]
 
 SITE = "demo"
-MOSQUITTO = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-def find_mosquitto() -> str | None:
-    """The mosquitto binary on PATH or in sbin (Debian installs it there), or None."""
-    for name in MOSQUITTO:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def free_port(preferred: int = 0) -> int:
-    """``preferred`` if it is free on 127.0.0.1, else one the OS picks."""
-    for port in ((preferred, 0) if preferred else (0,)):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
 
 
 class DemoBroker:
@@ -63,26 +37,26 @@ class DemoBroker:
     def __init__(self, folder: Path, *, embedded: bool = False) -> None:
         self.folder = Path(folder)
         self.binary = None if embedded else find_mosquitto()
-        self.port = free_port()
         self.kind = "mosquitto" if self.binary else "amqtt (embedded)"
         self.protocol = 5 if self.binary else 4  # amqtt speaks MQTT 3.1.1
-        self._process: subprocess.Popen[bytes] | None = None
+        # Its own process group: Ctrl-C in the terminal reaches the demo, which then stops
+        # the broker last (the edges say offline through it).
+        self._mosquitto = (Mosquitto(self.folder, binary=self.binary, own_session=True)
+                           if self.binary else None)
+        self.port = self._mosquitto.port if self._mosquitto else free_port()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
 
     def start(self, timeout: float = 10.0) -> DemoBroker:
+        """Start the broker and wait until its port accepts connections."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.binary:
-            self._start_mosquitto()
-        else:
-            self._start_amqtt()
+        if self._mosquitto is not None:
+            self._mosquitto.start(timeout)
+            return self
+        self._start_amqtt()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process is not None and self._process.poll() is not None:
-                log = self.folder / "mosquitto.log"
-                raise RuntimeError(f"mosquitto exited with {self._process.returncode}: "
-                                   + (log.read_text()[-1000:] if log.exists() else ""))
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
@@ -90,19 +64,6 @@ class DemoBroker:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the {self.kind} broker did not listen on port {self.port}")
-
-    def _start_mosquitto(self) -> None:
-        conf = self.folder / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                        f"persistence false\nmax_queued_messages 100000\n"
-                        f"log_dest file {self.folder / 'mosquitto.log'}\n"
-                        "log_type error\nlog_type warning\n"
-                        f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
-        # Its own process group: Ctrl-C in the terminal reaches the demo, which then stops
-        # the broker last (the edges say offline through it).
-        self._process = subprocess.Popen([str(self.binary), "-c", str(conf)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                         start_new_session=True)
 
     def _start_amqtt(self) -> None:
         try:
@@ -142,15 +103,8 @@ class DemoBroker:
 
     def stop(self) -> None:
         """Stop the broker. Safe to call twice."""
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.send_signal(signal.SIGTERM)
-                try:
-                    self._process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait(5)
-            self._process = None
+        if self._mosquitto is not None:
+            self._mosquitto.stop()
         if self._thread is not None:
             if self._loop is not None and self._stopped is not None:
                 self._loop.call_soon_threadsafe(self._stopped.set)
