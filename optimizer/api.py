@@ -24,7 +24,9 @@ route                                        role      what
 Every override create and cancel is audited with its outcome, refusals included: a malformed
 request, a plan the guard rejects (422 with the violations), an unknown intersection or
 override, a conflicting override and a caller without the operator role. The refusal's body
-carries ``audit_seq``, the entry that records it. The interactive docs pages are off: they
+carries ``audit_seq``, the entry that records it. When the override store
+(:mod:`optimizer.override_store`) cannot be written, a create or cancel changes nothing and
+answers 503 naming the file. The interactive docs pages are off: they
 load scripts from a CDN, which a control room should not depend on.
 
 The web dashboard (:mod:`optimizer.dashboard`) is served by the same application at
@@ -55,6 +57,7 @@ from optimizer.arbitration import GuardRefused, OverrideConflict, UnknownInterse
 from optimizer.auth import Role, User, UserStore
 from optimizer.dashboard import mount_dashboard
 from optimizer.operations import OperationsService, Refused, override_dict, plan_dict
+from optimizer.override_store import OverrideStoreError
 from optimizer.overrides import ExtendPhase, FixedCycle, FullPlan, Pattern
 from optimizer.state import StateHistory
 
@@ -174,6 +177,14 @@ def create_app(service: OperationsService, users: UserStore, *,
         return dependency
 
     viewer, operator, admin = (Depends(role(r)) for r in Role)
+
+    @app.exception_handler(OverrideStoreError)
+    async def store_failed(request: Request, exc: OverrideStoreError) -> JSONResponse:
+        # Not a refusal of the request: the override was not accepted because it could not be
+        # kept across a restart. Say so (503, the file named) rather than a bare 500.
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": f"override store unavailable, nothing changed: {exc}"},
+                            503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

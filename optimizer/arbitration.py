@@ -20,6 +20,11 @@ was checked.
 Plan ids: each time the plan in force changes, the arbiter issues it under the next id of the
 intersection (the edge refuses an id not above the last it accepted), so handing back to the
 adaptive plan that ran before an override issues that plan again under a new id.
+
+Restarts: the arbiter lives in memory. The overrides outlive it in
+:mod:`optimizer.override_store`, and :meth:`Arbiter.restore_override` puts one back (guard-
+checked again against the intersection as configured now); ``last_plan_ids`` and
+``last_override_id`` continue the id sequences from what was published and stored before.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -222,12 +227,14 @@ class Arbiter:
         self._slot(intersection_id).adaptive = None
 
     def add_override(self, plan: TimingPlan, *, user: str, reason: str, now: float,
-                     pattern: str = "") -> Override:
+                     pattern: str = "", next_id: Callable[[], int] | None = None) -> Override:
         """Accept an override plan (source ``override``, expiry set) and return its record.
 
         Refused with GuardRefused (the guard), OverrideConflict (one is already active) or
         ValueError (wrong source, no expiry, expiry not after ``now`` or beyond the longest
-        override allowed).
+        override allowed). ``next_id``, when given, numbers the override once every check has
+        passed (the override store hands out ids that no process sharing it has used);
+        otherwise the arbiter's own counter does.
         """
         slot = self._slot(plan.intersection_id)
         if plan.source != PlanSource.OVERRIDE:
@@ -244,11 +251,40 @@ class Arbiter:
                                    f"{slot.override.override_id} by {slot.override.user} "
                                    f"until {slot.override.expiry:.0f}; cancel it first")
         self._guard(plan, slot.intersection)
-        record = Override(self._next_override, plan.intersection_id, plan, user, reason, now,
+        override_id = self._next_override if next_id is None else next_id()
+        if override_id < self._next_override:
+            raise ValueError(f"override id {override_id} was issued before (the next is "
+                             f"{self._next_override}): ids are never reused")
+        record = Override(override_id, plan.intersection_id, plan, user, reason, now,
                           plan.expiry, pattern)
-        self._next_override += 1
+        self._next_override = override_id + 1
         slot.override = record
         return record
+
+    def restore_override(self, record: Override, now: float) -> None:
+        """Put back, unchanged, an override accepted before a restart (the override store's).
+
+        A record still running at ``now`` passes the guard again, against the intersection
+        as configured now: one that fails raises GuardRefused and is not restored (the
+        intersection may have changed since). A record past its expiry is not checked: it
+        never runs again, and the next decision expires it and hands back as usual. Raises
+        UnknownIntersection, OverrideConflict (the intersection has an override already) or
+        ValueError (the record's plan is not an override plan of its intersection). The
+        override id counter moves past the record's id, so ids are never reused.
+        """
+        slot = self._slot(record.intersection_id)
+        plan = record.plan
+        if plan.intersection_id != record.intersection_id or plan.source != PlanSource.OVERRIDE:
+            raise ValueError(f"override {record.override_id}: the plan is not an override plan "
+                             f"of {record.intersection_id}")
+        if slot.override is not None:
+            raise OverrideConflict(f"{record.intersection_id} already has override "
+                                   f"{slot.override.override_id}; override "
+                                   f"{record.override_id} cannot be restored beside it")
+        if now < record.expiry:
+            self._guard(plan, slot.intersection)
+        slot.override = record
+        self._next_override = max(self._next_override, record.override_id + 1)
 
     def cancel_override(self, override_id: int) -> Override:
         """Withdraw an active override; the next decision hands back."""

@@ -58,8 +58,9 @@ class MqttSettings(Contract, kw_only=True):
 
 
 class Storage(Contract, kw_only=True):
-    """``db`` holds the API users and the audit log (the file ``serve --db`` uses);
-    ``history`` the measurements, events, statuses, acks and published plans."""
+    """``db`` holds the API users, the audit log and the operator overrides (the file
+    ``serve --db`` uses; :mod:`optimizer.override_store`); ``history`` the measurements,
+    events, statuses, acks and published plans."""
 
     db: str
     history: str

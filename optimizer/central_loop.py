@@ -17,8 +17,8 @@ own clock):
 5. decides every intersection (:meth:`OperationsService.tick`: override > adaptive >
    time-of-day, overrides expiring and handing back, audited there) and publishes each plan
    in force that has not been published yet: signed (``edge_agent.signatures.sign_plan``),
-   QoS 1, retained, on the edge's plan topic, and recorded in the history (its id is the
-   arbiter's, continued across restarts from the history);
+   recorded in the history and then published QoS 1, retained, on the edge's plan topic (its
+   id is the arbiter's, continued across restarts from the history);
 6. follows acks: a plan not acknowledged within ``ack_timeout_s`` is published again, up to
    ``max_attempts`` times, then an alarm is raised; a rejection raises an alarm at once.
    Alarms are logged, kept in the history, audited (``plan.rejected``, ``plan.unanswered``)
@@ -286,9 +286,13 @@ class CentralLoop:
                 continue
             payload = encode(sign_plan(self.site, plan, self.key, self.key_id))
             name = topic(self.site, x, TopicKind.PLAN)
+            # Recorded before it is published: the next start continues the plan ids from the
+            # history, and a plan that reached an edge but not the history would have its id
+            # issued again to a different plan, which the edge refuses as a replay. Recorded
+            # and then not sent (a crash in between) only leaves a gap in the ids.
+            self.history.record_plan(x, plan.plan_id, plan.source.value, payload, now)
             self.publisher.publish(name, payload, TOPIC_QOS[TopicKind.PLAN],
                                    TOPIC_RETAIN[TopicKind.PLAN])
-            self.history.record_plan(x, plan.plan_id, plan.source.value, payload, now)
             self._published[x] = plan.plan_id
             self._pending[x] = _Pending(plan.plan_id, name, payload, now)
             self.counts["plans_published"] += 1

@@ -9,7 +9,15 @@
   one-worker executor so that validation never delays heartbeats and acks;
 * the operations API (:func:`optimizer.api.create_app` over the same
   :class:`~optimizer.central_loop.CentralOperations`), plus ``GET /api/v1/central``: the
-  loop's regions, pending acks, alarms and the ingest counters (any user with a token).
+  loop's regions, pending acks, alarms and the ingest counters (any user with a token);
+* the override store (:mod:`optimizer.override_store`, in ``storage.db``): overrides survive a
+  restart. On construction the service puts back the overrides it serves that had not ended
+  (each guard-checked again; see
+  :meth:`~optimizer.operations.OperationsService.restore_overrides`), before anything decides.
+
+Ids after a restart: plan ids continue above the highest one the history recorded as published
+(and the highest an override was issued under), override ids above the highest the store has
+handed out, so an edge never sees a plan id it has accepted before.
 
 Roles (scale-out): ``loop.role = "all"`` does everything; ``"ingest"`` only stores (a replica
 taking a share of the measurements through a shared subscription into the same history).
@@ -39,6 +47,7 @@ from optimizer.central_config import CentralConfig, restrict_site
 from optimizer.central_loop import CentralLoop, CentralOperations, LoopTimes, RegionJob
 from optimizer.history import History
 from optimizer.ingest import Ingest, IngestWorker, Received
+from optimizer.override_store import OverrideStore
 from optimizer.publisher import CentralLink
 from optimizer.region_plan import RegionPlanner
 from optimizer.state import MemoryState
@@ -95,12 +104,29 @@ class CentralService:
         self.audit, self.users = AuditLog(config.db_path), UserStore(config.db_path)
         schedules = {x: TimeOfDaySchedule(entries, f.timezone)
                      for x, entries in config.time_of_day.items() if x in owned}
-        last_ids = {x: n for x, n in self.history.last_plan_ids().items() if x in owned}
+        # Only the process that publishes plans keeps overrides across restarts: an ingest
+        # replica's arbiter publishes nothing, and restoring there too would expire (and audit)
+        # the same override twice.
+        self.overrides = OverrideStore(config.db_path) if f.loop.role == "all" else None
+        last_ids = dict(self.history.last_plan_ids())
+        if self.overrides is not None:
+            # The history records every plan before it is published; the store's ids are a
+            # second floor should the history file have been replaced.
+            for x, n in self.overrides.last_plan_ids().items():
+                last_ids[x] = max(n, last_ids.get(x, 0))
+        last_ids = {x: n for x, n in last_ids.items() if x in owned}
         arbiter = Arbiter(self.site.intersections, time_of_day=schedules, last_plan_ids=last_ids,
-                          max_override_s=f.api.max_override_h * 3600.0)
+                          max_override_s=f.api.max_override_h * 3600.0,
+                          last_override_id=0 if self.overrides is None
+                          else self.overrides.last_override_id())
         self.service = CentralOperations(self.site, audit=self.audit, state=self.state,
                                          arbiter=arbiter, clock=clock,
-                                         stale_after_s=f.loop.stale_after_s)
+                                         stale_after_s=f.loop.stale_after_s,
+                                         store=self.overrides)
+        # Before the loop or the API decides anything: a restored override is in force from
+        # the first plan published. Other processes' intersections are left to them.
+        self.restored = self.service.restore_overrides(
+            others={x.id for x in config.site.intersections} - set(owned))
         p = f.planning
         self.planner = RegionPlanner(self.site, halflife_s=p.halflife_s,
                                      prior_saturation_vph=p.prior_saturation_vph,
@@ -164,6 +190,8 @@ class CentralService:
         self.link.close()
         self.worker.stop()
         self.history.close()
+        if self.overrides is not None:
+            self.overrides.close()
 
     def __enter__(self) -> CentralService:
         self.start()

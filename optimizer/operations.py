@@ -8,14 +8,22 @@ injected so tests can run an override to its expiry.
 
 An override is audited *before* it is reported as accepted: if the audit log cannot be written
 the override is withdrawn again and the error propagates, so nothing runs unrecorded.
+
+With an :class:`~optimizer.override_store.OverrideStore`, overrides survive a restart: each one
+is stored when accepted (before it is audited, so that none runs without being stored) and
+marked ended when cancelled or expired; :meth:`OperationsService.restore_overrides` puts the
+stored ones back when the service starts again (see there). Without a store, overrides live in
+memory only.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Collection
 
 import msgspec
 
@@ -28,10 +36,13 @@ from optimizer.arbitration import (
     UnknownOverride,
 )
 from optimizer.audit import AuditEntry, AuditLog
+from optimizer.override_store import OverrideStore, OverrideStoreError
 from optimizer.overrides import OverrideCommand, Pattern, build_override_plan
 from optimizer.state import CentralState, health_of
 
-__all__ = ["OperationsService", "Refused", "plan_dict", "override_dict"]
+__all__ = ["OperationsService", "Refused", "Restored", "plan_dict", "override_dict"]
+
+log = logging.getLogger(__name__)
 
 SYSTEM = "system"  # the "who" of actions the service takes by itself (expiry)
 
@@ -42,6 +53,15 @@ class Refused(TscError):
     def __init__(self, error: Exception, entry: AuditEntry) -> None:
         self.error, self.entry = error, entry
         super().__init__(str(error))
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What :meth:`OperationsService.restore_overrides` did with the stored overrides."""
+
+    restored: tuple[Override, ...] = ()  # back in force
+    expired: tuple[Override, ...] = ()  # ran out while the centre was down: expired, handed back
+    dropped: tuple[tuple[Override, str], ...] = ()  # (override, why): not put back
 
 
 def plan_dict(plan: TimingPlan | None) -> dict[str, Any] | None:
@@ -61,8 +81,9 @@ class OperationsService:
 
     def __init__(self, site: SiteConfig, *, audit: AuditLog, state: CentralState,
                  arbiter: Arbiter | None = None, clock: Callable[[], float] = time.time,
-                 stale_after_s: float = 120.0) -> None:
+                 stale_after_s: float = 120.0, store: OverrideStore | None = None) -> None:
         self.site, self.audit, self.state, self.clock = site, audit, state, clock
+        self.store = store
         self.arbiter = arbiter if arbiter is not None else Arbiter(site.intersections)
         known = {x.id for x in site.intersections}
         if set(self.arbiter.intersection_ids) != known:
@@ -81,6 +102,7 @@ class OperationsService:
             decisions = self.arbiter.decide_all(now)
             for decision in decisions.values():
                 for o in decision.expired:
+                    self._end_stored(o, "expired", now, "expiry reached")
                     self.audit.append(
                         t=now, who=SYSTEM, action="override.expire",
                         intersection=o.intersection_id,
@@ -142,22 +164,31 @@ class OperationsService:
                 base = decisions[intersection_id].plan
                 details["base_plan_id"] = None if base is None else base.plan_id
                 plan = build_override_plan(command, intersection, base, now)
-                record = self.arbiter.add_override(plan, user=user, reason=reason, now=now,
-                                                   pattern=pattern.describe())
+                record = self.arbiter.add_override(
+                    plan, user=user, reason=reason, now=now, pattern=pattern.describe(),
+                    next_id=None if self.store is None else self.store.next_id)
             except (GuardRefused, OverrideConflict, UnknownIntersection, ValueError) as exc:
                 raise Refused(exc, self._refused("override.create", user, intersection_id,
                                                  details, reason, exc, now)) from exc
+            stored = False
             try:
                 decision = self.arbiter.decide(intersection_id, now)
                 assert decision.plan is not None
                 details.update(override_id=record.override_id, plan_id=decision.plan.plan_id,
                                plan=plan_dict(decision.plan))
+                if self.store is not None:
+                    # Stored before it is audited: an accepted override that a restart would
+                    # lose is what the store exists to prevent.
+                    self.store.save(record, decision.plan.plan_id)
+                    stored = True
                 entry = self.audit.append(t=now, who=user, action="override.create",
                                           intersection=intersection_id, details=details,
                                           reason=reason, outcome="accepted")
-            except BaseException:
+            except BaseException as exc:
                 self.arbiter.cancel_override(record.override_id)  # nothing runs unrecorded
                 self.arbiter.decide(intersection_id, now)
+                if stored:  # nor comes back after a restart
+                    self._end_stored(record, "withdrawn", now, f"not audited: {exc}")
                 raise
             return record, decision, entry
 
@@ -177,6 +208,11 @@ class OperationsService:
             except (UnknownOverride, ValueError) as exc:
                 raise Refused(exc, self._refused("override.cancel", user, intersection,
                                                  details, str(reason), exc, now)) from exc
+            if self.store is not None:
+                # Ended in the store first: if that fails, the cancel fails whole (the override
+                # runs on and the operator tries again) instead of ending here and coming back
+                # after a restart.
+                self.store.end(override_id, "cancelled", now, reason)
             record = self.arbiter.cancel_override(override_id)
             decision = self.arbiter.decide(record.intersection_id, now)
             details.update(handed_back_to=decision.mode.value,
@@ -186,6 +222,105 @@ class OperationsService:
                                       intersection=record.intersection_id, details=details,
                                       reason=reason, outcome="cancelled")
             return record, decision, entry
+
+    # --- restart -----------------------------------------------------------------------------
+    def restore_overrides(self, *, others: Collection[str] = ()) -> Restored:
+        """Put back the overrides of the store that had not ended when the centre stopped.
+
+        Call once, when the service starts, before anything decides. Each stored override is
+        rebuilt exactly (id, plan, user, reason, created, expiry, pattern) and:
+
+        * still running: passes the guard again against the intersection as configured now
+          and is back in force (audited ``override.restore``); its plan is issued again under
+          the intersection's next plan id, since the edges refuse an id they have seen;
+        * past its expiry (it ran out while the centre was down): expired as at any other
+          time, with its ``override.expire`` entry and the hand-back to adaptive or time of day;
+        * failing the guard now, or for an intersection no longer in the site: not restored,
+          marked ``dropped`` in the store, audited ``override.drop`` with the reason (the
+          guard's violations) and logged as an error.
+
+        Overrides of the intersections in ``others`` (the site's intersections that another
+        process serves) are left in the store untouched. OverrideStoreError (naming the file)
+        when the store cannot be read: an override is never lost silently.
+        """
+        if self.store is None:
+            return Restored()
+        with self._lock:
+            now = self.clock()
+            back: list[Override] = []
+            dropped: list[tuple[Override, str]] = []
+            running = {o.override_id for o in self.arbiter.overrides()}
+            for stored in self.store.active():
+                record = stored.record
+                if record.intersection_id in others or record.override_id in running:
+                    continue  # another process's, or in force here already (called twice)
+                try:
+                    self.arbiter.restore_override(record, now)
+                except (GuardRefused, OverrideConflict, UnknownIntersection, ValueError) as exc:
+                    dropped.append((record, self._drop(record, exc, now)))
+                    continue
+                back.append(record)
+            if not back:  # nothing to decide on yet: the first tick decides as on any start
+                return Restored(dropped=tuple(dropped))
+            decisions = self._tick(now)  # expires (audits, hands back) what ran out meanwhile
+            expired = tuple(o for d in decisions.values() for o in d.expired)
+            gone = {o.override_id for o in expired}
+            restored = tuple(o for o in back if o.override_id not in gone)
+            for o in restored:
+                plan = decisions[o.intersection_id].plan
+                plan_id = None if plan is None else plan.plan_id
+                self.audit.append(
+                    t=now, who=SYSTEM, action="override.restore", intersection=o.intersection_id,
+                    details={"override_id": o.override_id, "user": o.user,
+                             "created": o.created, "expiry": o.expiry, "pattern": o.pattern,
+                             "plan_id": plan_id},
+                    reason="the centre restarted", outcome="restored")
+                log.info("override %d on %s by %s restored until %.0f (plan %s)",
+                         o.override_id, o.intersection_id, o.user, o.expiry, plan_id)
+            for o in expired:
+                log.info("override %d on %s expired while the centre was down; handed back to "
+                         "%s", o.override_id, o.intersection_id,
+                         decisions[o.intersection_id].mode.value)
+            return Restored(restored, expired, tuple(dropped))
+
+    def _drop(self, record: Override, exc: Exception, now: float) -> str:
+        """Audit, log and end in the store a stored override that cannot be put back."""
+        why = f"not restored after a restart: {exc}"
+        details: dict[str, Any] = {
+            "override_id": record.override_id, "user": record.user, "created": record.created,
+            "expiry": record.expiry, "pattern": record.pattern, "plan": plan_dict(record.plan),
+            "error": str(exc), "error_kind": type(exc).__name__}
+        if isinstance(exc, GuardRefused):
+            details["violations"] = [msgspec.to_builtins(ViolationRecord.from_violation(v))
+                                     for v in exc.violations]
+        known = record.intersection_id \
+            if record.intersection_id in self.arbiter.intersection_ids else None
+        if known is None:
+            details["intersection_id"] = record.intersection_id
+        # Audited before it is ended in the store: should the store write fail, the next start
+        # drops (and audits) it again rather than leave no trace.
+        self.audit.append(t=now, who=SYSTEM, action="override.drop", intersection=known,
+                          details=details, reason=_clip(why), outcome="dropped")
+        assert self.store is not None
+        self.store.end(record.override_id, "dropped", now, why)
+        log.error("override %d on %s by %s (until %.0f) %s", record.override_id,
+                  record.intersection_id, record.user, record.expiry, why)
+        return str(exc)
+
+    def _end_stored(self, record: Override, outcome: str, now: float, why: str) -> None:
+        """Mark an override ended in the store; a failure is logged, not raised: the override
+        has ended here already (the tick must go on publishing), and a restart finds an
+        expired one past its expiry and expires it again. A withdrawn one would come back
+        after a restart (audited ``override.restore``): the error says so."""
+        if self.store is None:
+            return
+        try:
+            self.store.end(record.override_id, outcome, now, why)
+        except OverrideStoreError as exc:
+            log.error("override %d on %s %s, but the store was not updated: %s%s",
+                      record.override_id, record.intersection_id, outcome, exc,
+                      "; it would be restored after a restart: cancel it then"
+                      if outcome == "withdrawn" else "")
 
     def record_refusal(self, *, user: str, action: str, intersection_id: str | None,
                        details: dict[str, Any], reason: str, error: str) -> AuditEntry:

@@ -107,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
     from optimizer.audit import AuditLog
     from optimizer.auth import UserStore
     from optimizer.operations import OperationsService
+    from optimizer.override_store import OverrideStore
     from optimizer.state import MemoryState
     from edge_agent.agent_config import load_agent_config
 
@@ -119,11 +120,22 @@ def _serve(args: argparse.Namespace) -> int:
                               f"{args.site}", file=str(path), key="intersection")
         schedules[agent.file.intersection] = TimeOfDaySchedule(agent.time_of_day,
                                                                args.timezone)
+    # Overrides outlive the server in the same file (optimizer.override_store).
+    overrides = OverrideStore(args.db)
     arbiter = Arbiter(site.intersections, time_of_day=schedules,
-                      max_override_s=args.max_override_h * 3600.0)
+                      max_override_s=args.max_override_h * 3600.0,
+                      last_plan_ids=overrides.last_plan_ids(),
+                      last_override_id=overrides.last_override_id())
     users = UserStore(args.db)
     service = OperationsService(site, audit=AuditLog(args.db), state=MemoryState(),
-                                arbiter=arbiter)
+                                arbiter=arbiter, store=overrides)
+    restored = service.restore_overrides()
+    for o in restored.restored:
+        print(f"tsc-central: override {o.override_id} on {o.intersection_id} restored until "
+              f"{_iso(o.expiry)}", file=sys.stderr)
+    for o, why in restored.dropped:
+        print(f"tsc-central: override {o.override_id} on {o.intersection_id} NOT restored: "
+              f"{why}", file=sys.stderr)
     if not users.users():
         print(f"tsc-central: no API users yet; add one with: tsc-central users add NAME "
               f"--role admin --db {args.db}", file=sys.stderr)
