@@ -123,6 +123,7 @@ class PlanningSettings(Contract, kw_only=True):
     cycle_max_s: float = 150.0
     max_green_factor: float = 1.5
     plan_ttl_s: float = 900.0
+    min_change_s: float = 2.0  # a re-plan changing nothing by more keeps the plan in force
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:

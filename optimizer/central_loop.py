@@ -7,7 +7,10 @@ own clock):
 1. hands on the acks the ingest worker received (:meth:`CentralLoop.on_ack`, thread-safe);
 2. sends a heartbeat (QoS 0) to every edge when ``heartbeat_s`` has passed;
 3. collects finished region jobs: KPIs go to the :class:`~optimizer.state.MemoryState`, and
-   accepted candidate plans become the intersections' adaptive candidates in the arbiter;
+   accepted candidate plans become the intersections' adaptive candidates in the arbiter,
+   except those that change the adaptive plan in force by no more than ``min_change_s``
+   (:func:`~optimizer.plan_change.material_change`: a transition costs more than it gains),
+   which stays in force unless it expires before the next re-plan can replace it;
 4. starts the job of every region whose ``replan_s`` has passed: on the ``executor`` (one
    worker thread in the service, so validation in SUMO never holds up heartbeats or acks) it
    reads the planning window from the :class:`~optimizer.history.History`, plans
@@ -44,6 +47,7 @@ from edge_agent.topics import TOPIC_QOS, TOPIC_RETAIN, TopicKind, topic
 from optimizer.arbitration import GuardRefused
 from optimizer.history import History
 from optimizer.operations import SYSTEM, OperationsService
+from optimizer.plan_change import material_change
 from optimizer.region_plan import IntersectionResult, RegionPlanner
 from optimizer.state import KpiSnapshot, MemoryState
 
@@ -107,6 +111,7 @@ class LoopTimes:
     window_s: float = 900.0
     plan_ttl_s: float = 900.0
     prune_every_s: float = 600.0
+    min_change_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -263,10 +268,12 @@ class CentralLoop:
                 self.state.set_kpis(x, KpiSnapshot(t=outcome["t"], window_s=self.times.window_s,
                                                    values=result.kpis))
         refused: dict[str, str] = {}
+        kept: dict[str, str] = {}
         if outcome["accepted"]:
-            refused = self.service.submit_adaptive(list(outcome["candidates"].values()),
-                                                   outcome["t"])
-            self.counts["plans_submitted"] += len(outcome["candidates"]) - len(refused)
+            fresh = self._worth_a_change(region, outcome["candidates"], now, kept)
+            refused = self.service.submit_adaptive(fresh, outcome["t"])
+            self.counts["plans_submitted"] += len(fresh) - len(refused)
+            self.counts["plans_kept"] += len(kept)
         elif outcome["candidates"]:
             log.warning("region %s: candidates not used: %s", region.id,
                         "; ".join(outcome["reasons"]) or "rejected")
@@ -275,7 +282,26 @@ class CentralLoop:
             "planned": sorted(outcome["candidates"]), "validated": outcome["validated"],
             "accepted": outcome["accepted"], "reasons": outcome["reasons"],
             "not_planned": {x: r.reason for x, r in results.items() if r.plan is None},
-            "refused": refused}
+            "refused": refused, "kept": kept}
+
+    def _worth_a_change(self, region: RegionJob, candidates: Mapping[str, TimingPlan],
+                        now: float, kept: dict[str, str]) -> list[TimingPlan]:
+        """The candidates that change the plan in force enough; ``kept`` says why not."""
+        in_force = self.service.plans_in_force(list(candidates))
+        # Renewed in time for the edge to have the next plan before this one expires, even
+        # if the next re-plan is late and its plan needs every resend.
+        renew_within = region.replan_s + self.times.ack_timeout_s * self.times.max_attempts
+        out = []
+        for x, plan in candidates.items():
+            why = material_change(plan, in_force.get(x), now,
+                                  min_change_s=self.times.min_change_s,
+                                  renew_within_s=renew_within)
+            if why is None:
+                kept[x] = (f"plan {in_force[x].plan_id} kept: the new one changes nothing by "
+                           f"more than {self.times.min_change_s:g} s")
+            else:
+                out.append(plan)
+        return out
 
     # --- publishing -------------------------------------------------------------------------
     def _publish_in_force(self, now: float) -> None:

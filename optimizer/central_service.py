@@ -157,7 +157,8 @@ class CentralService:
             source=f.central_id, executor=self._executor, clock=clock,
             times=LoopTimes(heartbeat_s=f.loop.heartbeat_s, ack_timeout_s=f.loop.ack_timeout_s,
                             max_attempts=f.loop.max_attempts, window_s=p.window_s,
-                            plan_ttl_s=p.plan_ttl_s, prune_every_s=f.storage.prune_every_s))
+                            plan_ttl_s=p.plan_ttl_s, prune_every_s=f.storage.prune_every_s,
+                            min_change_s=p.min_change_s))
         self.ingest = Ingest(self.history, self.state, site=self.site.site, intersections=owned,
                              on_ack=self.loop.on_ack)
         self.worker = IngestWorker(self.ingest, settle=self.link.settle)

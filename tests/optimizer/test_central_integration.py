@@ -79,6 +79,8 @@ tick_s = 0.05
 heartbeat_s = 0.3
 ack_timeout_s = 1.0
 max_attempts = 3
+[planning]
+min_change_s = 0  # every re-plan is published: the test follows one plan after another
 [[regions]]
 id = "elm"
 intersections = ["{X}"]

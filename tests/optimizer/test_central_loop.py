@@ -64,7 +64,8 @@ def measurement(x, seq, start, heavy=600.0, light=250.0):
 
 
 class Centre:
-    def __init__(self, history=None, validator=None, ack_timeout_s=1e6) -> None:
+    def __init__(self, history=None, validator=None, ack_timeout_s=1e6,
+                 min_change_s=0.0) -> None:
         config = load_central_config(CONFIGS / "central.toml", check_key=False)
         self.site = config.site
         self.clock, self.link = Clock(), FakeLink()
@@ -76,7 +77,7 @@ class Centre:
         self.service = CentralOperations(self.site, audit=self.audit, state=self.state,
                                          arbiter=arbiter, clock=self.clock)
         self.times = LoopTimes(heartbeat_s=5, ack_timeout_s=ack_timeout_s, max_attempts=3, window_s=900,
-                               plan_ttl_s=900, prune_every_s=3600)
+                               plan_ttl_s=900, prune_every_s=3600, min_change_s=min_change_s)
         self.loop = CentralLoop(
             service=self.service, history=self.history, state=self.state, publisher=self.link,
             planner=RegionPlanner(self.site), times=self.times, clock=self.clock,
@@ -143,6 +144,39 @@ def test_a_region_is_replanned_from_measurements_on_its_schedule() -> None:
     assert view["elm-2nd"]["mode"] == "adaptive" and view["elm-2nd"]["kpis"] is not None
     status = c.loop.status()["regions"]["elm"]
     assert status["planned"] == ["elm-1st", "elm-2nd", "elm-3rd"] and status["accepted"]
+
+
+def test_a_replan_that_changes_little_keeps_the_plan_in_force_until_it_needs_renewing() -> None:
+    c = Centre(ack_timeout_s=30, min_change_s=2.0)
+    c.measure()
+    c.tick()
+    first = c.link.plans()
+    assert {m.plan.source for m in first.values()} == {PlanSource.ADAPTIVE}
+    for message in first.values():
+        c.ack(message)
+    c.measure()  # the same demand again: the same plans come out
+    c.tick(300)
+    assert c.link.plans() == {}  # nothing published: the plans in force stay, same ids
+    status = c.loop.status()
+    assert set(status["regions"]["elm"]["kept"]) == {"elm-1st", "elm-2nd", "elm-3rd"}
+    assert status["counts"]["plans_kept"] == 3
+    view = {v["id"]: v for v in c.service.intersections()}
+    assert view["elm-1st"]["plan"]["plan_id"] == first["elm-1st"].plan.plan_id
+    # 300 s later the plans in force expire within replan + resends (300 + 3 x 30 s):
+    # renewed, under new ids, although they did not change.
+    c.measure()
+    c.tick(300)
+    renewed = c.link.plans()
+    assert set(renewed) == {"elm-1st", "elm-2nd", "elm-3rd"}
+    for x, message in renewed.items():
+        assert message.plan.plan_id > first[x].plan.plan_id
+        assert message.plan.expiry == c.clock.now + 900
+    # Heavier demand changes the plans: published at the next re-plan.
+    for message in renewed.values():
+        c.ack(message)
+    c.measure(heavy=900.0, light=150.0)
+    c.tick(300)
+    assert set(c.link.plans()) == {"elm-1st", "elm-2nd", "elm-3rd"}
 
 
 def test_an_adaptive_plan_not_renewed_hands_back_to_time_of_day() -> None:
