@@ -138,6 +138,9 @@ class SyntheticController:
     def write_plan(self, plan: TimingPlan, intersection: Any) -> None:
         pass
 
+    def write(self, name: str, value: float | bool) -> None:
+        pass  # recall, hold and force-off coils: taken, like plans
+
     def kick_watchdog(self) -> float:
         return 1.0
 

@@ -12,7 +12,9 @@ structs, so there is one schema and one set of checks: ``[central]`` is a
 :class:`~edge_agent.modes.ModeConfig` (plus the trusted keys), ``[aggregation]`` an
 :class:`~edge_agent.aggregation.AggregationConfig` (its interval is the top-level
 ``measurement_interval_s``, which is why ``aggregation.interval_s`` is refused) and
-``[detector_health]`` a :class:`~edge_agent.detector_health.HealthConfig`.
+``[detector_health]`` a :class:`~edge_agent.detector_health.HealthConfig` and ``[actuation]``
+an :class:`~edge_agent.local_actuation.ActuationConfig` (whether local actuation runs, and the
+:class:`~edge_agent.actuation.ActuationParams` it runs with).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import msgspec
 
 from edge_agent.aggregation import AggregationConfig
 from edge_agent.config import find_line, load_intersection, load_plan, load_toml
+from edge_agent.actuation import ActuationParams
 from edge_agent.detector_health import HealthConfig
 from edge_agent.errors import ConfigError, PlanRejected
 from edge_agent.guard import check_plan
+from edge_agent.local_actuation import ActuationConfig, actuation_coils
 from edge_agent.modbus_core import plan_writes
 from edge_agent.model import Contract, Ident, Intersection, require, require_finite, require_int
 from edge_agent.modes import ModeConfig
@@ -105,6 +109,7 @@ class AgentFile(Contract, kw_only=True):
     time_of_day: tuple[TimeOfDayEntry, ...]
     aggregation: AggregationConfig = AggregationConfig()
     detector_health: HealthConfig = HealthConfig()
+    actuation: ActuationConfig = ActuationConfig()
 
     def __post_init__(self) -> None:
         require_finite(self.measurement_interval_s, "measurement_interval_s", minimum=1.0)
@@ -146,6 +151,18 @@ class AgentConfig:
         """The detector checks' thresholds (``[detector_health]``)."""
         return self.file.detector_health
 
+    @property
+    def actuation_enabled(self) -> bool:
+        """Whether local actuation runs: ``[actuation] enabled``, by default whenever the
+        register map has hold or force-off coils."""
+        enabled = self.file.actuation.enabled
+        return bool(actuation_coils(self.register_map)) if enabled is None else enabled
+
+    @property
+    def actuation_params(self) -> ActuationParams:
+        """The local actuation's parameters (``[actuation]``, defaults where left out)."""
+        return self.file.actuation.params
+
     def fallback_plan(self, minute_of_day: int) -> TimingPlan:
         """The time-of-day plan in force at ``minute_of_day`` (the last entry wraps midnight)."""
         current = self.time_of_day[-1][1]
@@ -178,6 +195,11 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             raise ConfigError(f"unknown detector {detector!r} of intersection "
                               f"{intersection.id}", file=str(path),
                               key=f"aggregation.counter_bits_by_detector.{detector}")
+    if file.actuation.enabled and not actuation_coils(register_map):
+        raise ConfigError(f"local actuation needs phase.hold or phase.force_off coils "
+                          f"(access = \"write\"), and register map {file.register_map} has "
+                          f"none", file=str(path), key="actuation.enabled",
+                          line=find_line(text, "actuation.enabled"))
     keys: dict[str, bytes] = {}
     for key_id, key_file in file.central.trusted_keys.items():
         try:

@@ -143,8 +143,14 @@ class ReadingBook:
     snapshots (immutable :class:`Reading` objects) under its own lock.
     """
 
-    def __init__(self, registers: Iterable[Register], settings: DeviceSettings) -> None:
+    def __init__(self, registers: Iterable[Register], settings: DeviceSettings, *,
+                 time_scale: float = 1.0) -> None:
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale: must be a finite number > 0, got {time_scale!r}")
         self.settings = settings
+        # Read times are on the caller's clock, which runs time_scale times as fast as the
+        # wall clock the polls are paced by (1 but in a simulation run faster than real time).
+        self._period = settings.poll_period_s * time_scale
         self.registers = {r.name: r for r in registers}
         self._value: dict[str, float] = {}
         self._read_at: dict[str, float] = {}
@@ -184,7 +190,7 @@ class ReadingBook:
             self._misses[name]
         limit = self.settings.stale_after_polls
         stale = read_at is None or misses >= limit or \
-            now - read_at > (limit + 1) * self.settings.poll_period_s
+            now - read_at > (limit + 1) * self._period
         return Reading(reg.name, value, read_at, misses, stale)
 
     def snapshot(self, now: float) -> dict[str, Reading]:

@@ -85,12 +85,14 @@ class ModbusLink:
         max_gap: bridge gaps of up to this many unmapped addresses in one read request
             (0: only contiguous registers; use more only where the device answers gaps).
         autopoll: poll every ``poll_period_s`` (False: only when :meth:`poll_now` is called).
+        time_scale: seconds of ``clock`` per wall-clock second (1; a simulation's clock run
+            faster than real time: its speed), for the time-based staleness rule.
     """
 
     def __init__(self, regmap: RegisterMap, *, clock: Callable[[], float] = time.time,
                  client_factory: Callable[[DeviceSettings], Any] = pymodbus_client,
                  poll: Iterable[str] | None = None, max_gap: int = 0,
-                 autopoll: bool = True) -> None:
+                 autopoll: bool = True, time_scale: float = 1.0) -> None:
         self.regmap, self.settings, self.clock = regmap, regmap.device, clock
         self._factory, self.autopoll = client_factory, autopoll
         by_name = {r.name: r for r in regmap.registers}
@@ -100,7 +102,7 @@ class ModbusLink:
             raise ValueError(f"poll: not in the register map: {', '.join(unknown)}")
         polled = [by_name[n] for n in names]
         self.blocks: list[Block] = plan_blocks(polled, max_gap=max_gap)
-        self._book = ReadingBook(polled, self.settings)
+        self._book = ReadingBook(polled, self.settings, time_scale=time_scale)
         self._book_lock = threading.Lock()
         self.stats = LinkStats()
         self.state = LinkState.STOPPED

@@ -33,9 +33,18 @@ One step, in order:
    is the one last written, through faults and lost links too, until the controller's mode
    register says it runs its own programme; with nothing of ours running, the controller
    makes the change at its own safe point.
-4. **Report**: detector health is judged; every measurement interval that ended is closed and
-   published; the retained status is updated whenever mode, controller health, running plan,
-   failed detectors or the reason change.
+4. **Report**: detector health is judged; failed detectors' phases go on recall; local
+   actuation (:class:`~edge_agent.local_actuation.LocalActuation`) decides inside the bounds
+   of the running plan and writes the hold and force-off coils that change; every
+   measurement interval that ended is closed and published; the retained status is updated
+   whenever mode, controller health, running plan, failed detectors or the reason change.
+
+Local actuation runs every poll while a plan of ours runs in ``CENTRAL`` or
+``LOCAL_FALLBACK``. In ``OVERRIDE`` (an operator's plan runs as written), ``STARTUP`` and
+``FAULT`` it stands aside and releases the coils it set: releasing only hands the timing back
+to the plan the controller runs, so it is done in ``FAULT`` too while the link is up. Each
+decision's explanation is kept (:attr:`EdgeRuntime.actuation`'s ``last`` and ``decisions``)
+and logged at DEBUG when it changes.
 
 Logging: once on entering an error state and once on leaving it (mode transitions come from
 the machine only when something changes; device, uplink, write and value problems go through
@@ -47,6 +56,7 @@ time seen until it catches up, logged once.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
@@ -61,6 +71,7 @@ from edge_agent.aggregation import Aggregator, Reading
 from edge_agent.detector_health import DetectorHealth
 from edge_agent.errors import DeviceError, PlanRejected
 from edge_agent.link_wire import Inbound, SensorReading
+from edge_agent.local_actuation import LocalActuation
 from edge_agent.messages import Ack, EdgeMode, Heartbeat, Measurement, PlanMessage, Status
 from edge_agent.modbus_core import HealthLog, Reading as RegisterReading, plan_writes
 from edge_agent.modes import (
@@ -89,11 +100,16 @@ class EdgeRuntime:
     """One intersection's edge logic between a controller and an uplink (module docstring).
 
     ``clock`` gives POSIX seconds (plans are timed in them); ``start`` overrides the start
-    time. Raises ValueError when the register map names detectors the intersection lacks.
+    time; ``time_scale`` is how many seconds of ``clock`` pass per wall-clock second (1, but
+    a simulation's speed when it runs faster than real time): the poll period is wall time.
+    Raises ValueError when the register map names detectors the intersection lacks.
     """
 
     def __init__(self, config: AgentConfig, controller: ControllerPort, uplink: UplinkPort, *,
-                 clock: Callable[[], float] = time.time, start: float | None = None) -> None:
+                 clock: Callable[[], float] = time.time, start: float | None = None,
+                 time_scale: float = 1.0) -> None:
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale: must be a finite number > 0, got {time_scale!r}")
         now = clock() if start is None else start
         self.config, self.controller, self.uplink, self.clock = config, controller, uplink, clock
         self.site, x = config.file.site, config.intersection
@@ -114,8 +130,15 @@ class EdgeRuntime:
         self.health = DetectorHealth(x, config.health, start=now)
         self.machine = ModeMachine(now, config.modes)
         self._trusted = {k: load_public_key(pem) for k, pem in config.trusted_keys.items()}
-        # Look at the window at least twice a poll period, or a boundary can be missed.
-        window = max(2.0, 2.0 * regmap.device.poll_period_s)
+        #: The poll period on the runtime's clock.
+        self.poll_period = regmap.device.poll_period_s * time_scale
+        # The switch window spans at least two poll spacings, or a boundary can fall between
+        # two looks and the plan waits a cycle: two poll periods, or twice the longest of the
+        # last spacings seen when polls come late (a slow device, a busy box).
+        self._base_window = max(2.0, 2.0 * self.poll_period)
+        self._spacings: collections.deque[float] = collections.deque(maxlen=8)
+        self._last_poll: float | None = None
+        window = self._base_window
         # The highest accepted plan id survives restarts: an older signed plan is a replay.
         self._plan_id_path = config.spool_path.with_name(config.spool_path.name + ".plan-id")
         self._saved_plan_id = load_last_plan_id(self._plan_id_path)
@@ -130,6 +153,19 @@ class EdgeRuntime:
         if not self._watchdog:
             log.warning("register map has no single allow-listed watchdog register: the "
                         "controller cannot tell that the edge is alive")
+        #: Local actuation: always fed the polls; deciding only while enabled (see _actuate).
+        self.actuation = LocalActuation(x, regmap, config.actuation_params,
+                                        jam_spacing_m=aggregation.jam_spacing_m,
+                                        poll_period_s=self.poll_period)
+        self._actuating = config.actuation_enabled and self.actuation.available
+        self._actuation_on = False
+        self._coils_refused = False
+        self._said: str | None = None  # the decisions last logged, so each is said once
+        if not self.actuation.available:
+            log.info("register map has no allow-listed phase.hold/phase.force_off coils: "
+                     "local actuation is off")
+        elif not self._actuating:
+            log.info("local actuation is off ([actuation] enabled = false)")
         #: The plan last written to the controller (None: nothing of ours known to run).
         self.running: TimingPlan | None = None
         self._written_at = now
@@ -178,6 +214,7 @@ class EdgeRuntime:
         self.stats.steps += 1
         self._take_inbound(now)
         if poll:
+            self._space(now)
             self._poll(now)
         self._advance(now)
         if poll:
@@ -194,6 +231,14 @@ class EdgeRuntime:
         self._logs["clock"].ok(t)
         self._now = t
         return t
+
+    def _space(self, now: float) -> None:
+        """Widen the switch window to the spacing of the recent polls (see __init__)."""
+        if self._last_poll is not None:
+            self._spacings.append(now - self._last_poll)
+        self._last_poll = now
+        widest = max(self._spacings, default=0.0)
+        self.book.switch_window_s = max(self._base_window, 2.0 * widest)
 
     # --- 1. inbound -------------------------------------------------------------------------
     def _take_inbound(self, now: float) -> None:
@@ -277,6 +322,7 @@ class EdgeRuntime:
         else:
             self._logs["poll"].ok(now)
         snapshot = self.controller.readings()
+        self.actuation.observe(snapshot)
         samples, bad = self._registers.samples(snapshot)
         for sample in samples:
             self._ingest(sample.reading, sample.aggregate)
@@ -325,7 +371,7 @@ class EdgeRuntime:
         # controller that fell back (its watchdog, a restart) says so in its mode register.
         if self.running is None:
             return
-        after = self._written_at + 2.0 * self.config.register_map.device.poll_period_s
+        after = self._written_at + 2.0 * self.poll_period
         own = own_programme(snapshot, self.config.register_map, after)
         if own is not None:
             refused = bool(self._alarms & Alarm.PLAN_REFUSED)
@@ -390,13 +436,17 @@ class EdgeRuntime:
 
     def _log_dropped(self) -> None:
         for plan_id, why in self.book.take_dropped():
-            log.warning("accepted plan %d will not run: %s", plan_id, why)
+            # A newer plan taking a staged one's place is the normal course of re-planning;
+            # a plan that expired before it could run is worth a warning.
+            level = logging.INFO if why.startswith("superseded") else logging.WARNING
+            log.log(level, "accepted plan %d will not run: %s", plan_id, why)
 
     # --- 4. report --------------------------------------------------------------------------
     def _report(self, now: float) -> None:
         for change in self.health.evaluate(now):
             log.log(logging.WARNING if change.failed else logging.INFO, "%s", change)
         self._write_recalls(now)
+        self._actuate(now)
         if now >= self._next_close:
             for measurement in self.aggregator.close(now, self.health.failed):
                 self._send(measurement, now)
@@ -425,6 +475,53 @@ class EdgeRuntime:
             log.warning("phases %s on recall: failed detectors %s", sorted(wanted),
                         sorted(self.health.failed))
         self._recall_written = wanted
+
+    def actuation_plan(self) -> TimingPlan | None:
+        """The plan local actuation works inside now (None: it stands aside).
+
+        A plan of ours in ``CENTRAL`` or ``LOCAL_FALLBACK``; never an operator's plan, which
+        runs as written, and nothing in ``STARTUP`` or ``FAULT``.
+        """
+        plan = self.running
+        if not self._actuating or plan is None or plan.source == PlanSource.OVERRIDE or \
+                self.machine.mode not in (EdgeMode.CENTRAL, EdgeMode.LOCAL_FALLBACK):
+            return None
+        return plan
+
+    def _actuate(self, now: float) -> None:
+        """Decide inside the running plan's bounds; write the coils whose value changes.
+
+        A failed write leaves that coil unknown, so it is written again at the next poll.
+        """
+        if self._coils_refused:
+            return
+        plan = self.actuation_plan()
+        if (plan is not None) != self._actuation_on:
+            self._actuation_on = plan is not None
+            log.info("local actuation %s", f"on, inside plan {plan.plan_id}" if plan else
+                     f"off ({self.machine.mode.value}): hold/force-off coils released")
+        writes = self.actuation.update(now, plan, self.health.failed)
+        said = "; ".join(d.reason for d in self.actuation.decisions.values())
+        if said and said != self._said:
+            log.debug("actuation: %s", said)
+        self._said = said
+        if not writes or not self.controller.connected:
+            return  # a lost link: written when it is back
+        for name, value in writes:
+            try:
+                self.controller.write(name, value)
+            except DeviceError as exc:
+                self.actuation.unsure(name)
+                self._logs["write"].failed(now, f"coil {name} not written: {exc}")
+                return
+            except PermissionError as exc:  # checked at start: a bug, said loudly, then off
+                self.actuation.unsure(name)
+                self._actuating, self._coils_refused = False, True
+                log.error("local actuation stopped: %s", exc)
+                return
+            self.actuation.written(name, value)
+            self.stats.coil_writes += 1
+        self._logs["write"].ok(now)
 
     def _send(self, message: Measurement | Ack, now: float) -> None:
         try:

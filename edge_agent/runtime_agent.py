@@ -47,22 +47,27 @@ class Agent:
 
     ``client_factory`` is the Modbus client factory (pymodbus by default; tests pass the
     virtual controller's loopback client); ``link_factory`` builds the uplink with
-    :class:`EdgeLink`'s keywords (``FakeLink`` in tests).
+    :class:`EdgeLink`'s keywords (``FakeLink`` in tests). ``time_scale``: seconds of
+    ``clock`` per wall-clock second (1; the speed of a simulation's clock run faster than
+    real time, as in ``tsc-central demo``): polls are paced on the wall clock, everything
+    else is timed on ``clock``.
     """
 
     def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time,
                  client_factory: Callable[[Any], Any] = pymodbus_client,
-                 link_factory: Callable[..., Any] = EdgeLink) -> None:
+                 link_factory: Callable[..., Any] = EdgeLink, time_scale: float = 1.0) -> None:
         self.config = config
         f = config.file
         self.modbus = ModbusLink(config.register_map, clock=clock, client_factory=client_factory,
-                                 poll=polled_registers(config.register_map), autopoll=False)
+                                 poll=polled_registers(config.register_map), autopoll=False,
+                                 time_scale=time_scale)
         self.link = link_factory(
             site=f.site, intersection=f.intersection, spool_path=config.spool_path,
             on_inbound=self._inbound, host=f.mqtt.host, port=f.mqtt.port,
             client_id=f.mqtt.client_id, keepalive_s=f.mqtt.keepalive_s,
             sensor_prefix=f.mqtt.sensor_prefix, clock=clock)
-        self.runtime = EdgeRuntime(config, self.modbus, self.link, clock=clock)
+        self.runtime = EdgeRuntime(config, self.modbus, self.link, clock=clock,
+                                   time_scale=time_scale)
         self.period = config.register_map.device.poll_period_s
         self._stop = threading.Event()
         self._started = False

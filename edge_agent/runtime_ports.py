@@ -59,6 +59,7 @@ class RuntimeStats:
     plans_rejected: int = 0
     plans_written: int = 0
     watchdog_kicks: int = 0
+    coil_writes: int = 0  # hold and force-off coils written by local actuation
 
 
 def minute_of_day(t: float) -> int:

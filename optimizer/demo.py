@@ -285,7 +285,9 @@ def _demo(args: argparse.Namespace, stop: threading.Event,
 
     closers.append(("the edge agents", stop_agents))
     for x, path in files.agents.items():
-        agent = Agent(load_agent_config(path), clock=clock)
+        # The agents poll on the wall clock and time everything else on the simulation's,
+        # which runs --speed times as fast.
+        agent = Agent(load_agent_config(path), clock=clock, time_scale=args.speed)
         agent.start()
         thread = threading.Thread(target=agent.run, name=f"edge-{x}", daemon=True)
         agents.append((agent, thread))

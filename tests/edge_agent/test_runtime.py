@@ -207,6 +207,48 @@ def test_a_signed_plan_is_acked_and_written_at_a_safe_boundary(rig):
     assert rig.link.statuses[-1].plan_id == 8
 
 
+def test_polls_that_come_late_still_find_the_boundary(rig):
+    # Polls every 7 s (a slow device, a busy box) never land in a 2-s window after the
+    # boundaries at T0 + 20 + 80 k; the window follows the polls' spacing, so the plan is
+    # written at the first poll after a boundary, while every ring's first green still runs.
+    rig.run(12, beat_every=5)
+    plan = elm_plan(7, offset=20.0, activation=T0 + 12)
+    rig.send(signed(plan))
+    rig.run(14, beat_every=7, dt=7.0)
+    assert rig.writes == [(T0 + 26, 7)] and rig.rt.mode == EdgeMode.CENTRAL
+    assert rig.rt.book.switch_window_s == 14.0
+    rig.send(signed(elm_plan(8, split2=40.0, offset=20.0, activation=T0 + 30)))
+    rig.run(84, beat_every=7, dt=7.0)
+    assert rig.writes[-1] == (T0 + 103, 8)  # boundary at T0 + 100, the next poll
+    rig.run(5, beat_every=5)  # polls on time again: the window narrows back
+    assert rig.rt.book.switch_window_s == 14.0  # the last 8 spacings include a 7-s one
+    rig.run(5, beat_every=5)
+    assert rig.rt.book.switch_window_s == 2.0
+
+
+def test_a_clock_faster_than_the_wall_scales_the_poll_period(tmp_path):
+    # A simulation run 5 times faster than real time: the map's 1-s wall poll period is 5 s
+    # on the runtime's clock, for the switch window and for the staleness of readings.
+    clock = Clock(T0)
+    config = load_agent_config(agent_file(tmp_path))
+    vc = VirtualController(config.register_map, intersection=config.intersection,
+                           clock=clock).start(tcp=False)
+    agent = Agent(config, clock=clock, client_factory=vc.loopback_client, link_factory=FakeLink,
+                  time_scale=5.0).start()
+    try:
+        rt = agent.runtime
+        assert rt.poll_period == pytest.approx(5.0) and rt.book.switch_window_s == 10.0
+        for _ in range(3):
+            clock.t += 5.0
+            rt.step()
+        assert rt.controller_ok  # readings 5 s old on this clock are fresh
+    finally:
+        agent.close()
+        vc.stop()
+    with pytest.raises(ValueError, match="time_scale"):
+        EdgeRuntime(config, agent.modbus, agent.link, clock=clock, time_scale=0.0)
+
+
 def test_a_plan_failing_the_guard_is_rejected_and_the_old_plan_stays(rig):
     plan = elm_plan(7, activation=T0)
     central(rig, plan)
@@ -462,7 +504,9 @@ class Refusing:
         self.poll_error: Exception | None = None
         self.write_error: Exception | None = None
         self.kick_error: Exception | None = None
+        self.coil_error: Exception | None = None
         self.written: list[int] = []
+        self.coils: list[tuple[str, float | bool]] = []  # single-register writes (coils)
 
     connected = True
 
@@ -485,6 +529,11 @@ class Refusing:
         if self.kick_error:
             raise self.kick_error
         return 1.0
+
+    def write(self, name: str, value: float | bool) -> None:
+        if self.coil_error:
+            raise self.coil_error
+        self.coils.append((name, value))
 
 
 def test_failing_calls_are_logged_once_and_retried(tmp_path, caplog):
@@ -589,3 +638,126 @@ def test_a_stuck_detector_puts_its_phase_on_recall_at_the_controller(rig, caplog
     writes = [w.name for w in rig.bank.write_log if w.name.startswith("recall_")]
     rig.run(30, beat_every=5)  # unchanged: not written again
     assert [w.name for w in rig.bank.write_log if w.name.startswith("recall_")] == writes
+
+
+# --- local actuation ----------------------------------------------------------------------------
+COILS = [f"{kind}_{n}" for kind in ("hold", "force_off") for n in (2, 4, 6, 8)]
+
+
+def coil_writes(rig: Rig) -> list[tuple[str, float]]:
+    return [(w.name, w.value) for w in rig.bank.write_log if w.name in COILS]
+
+
+def coils(rig: Rig) -> dict[str, float]:
+    return {n: rig.bank.load(n) for n in COILS if rig.bank.load(n)}
+
+
+def cars(rig: Rig, seconds: int, counter: str = "count_0") -> None:
+    """A car a second on ``counter``'s stop bar, heartbeats as usual."""
+    for _ in range(seconds):
+        rig.bank.store(counter, rig.bank.load(counter) + 1)
+        rig.run(1, beat_every=5)
+
+
+def test_local_actuation_holds_and_forces_off_then_stands_aside_for_an_override(rig, caplog):
+    caplog.set_level(logging.INFO, logger="edge_agent.runtime")
+    rig.run(5, beat_every=5)
+    assert coil_writes(rig) == []  # STARTUP: nothing of ours runs
+    central(rig, elm_plan(7, activation=T0))
+    assert "local actuation on, inside plan" in caplog.text and rig.rt.running.plan_id == 7
+    assert sorted(coil_writes(rig)) == sorted((n, 0.0) for n in COILS)  # made known, once
+    rig.bank.store("phase_ring1", 2)  # NB green; a car waits on EB
+    rig.bank.store("presence_5", 1)
+    cars(rig, 10)
+    assert coils(rig) == {"hold_2": 1.0}
+    assert "phase 2 extended" in rig.rt.actuation.last.reason
+    rig.run(4, beat_every=5)  # nobody comes: gap-out
+    assert coils(rig) == {"force_off_2": 1.0}
+    assert "gap-out" in rig.rt.actuation.decisions[1].reason
+    written = len(coil_writes(rig))
+    rig.run(5, beat_every=5)
+    assert len(coil_writes(rig)) == written and rig.rt.stats.coil_writes == written
+
+    # The operator's plan runs as written: the coils are released and left alone.
+    start = rig.clock.t
+    rig.send(signed(elm_plan(8, split2=50.0, activation=start, source="override",
+                             expiry=start + 400)))
+    rig.until(lambda: rig.rt.mode == EdgeMode.OVERRIDE, beat_every=5)
+    rig.run(1, beat_every=5)
+    assert coils(rig) == {} and coil_writes(rig)[-1] == ("force_off_2", 0.0)
+    assert "local actuation off (override)" in caplog.text
+    written = len(coil_writes(rig))
+    cars(rig, 20)
+    assert len(coil_writes(rig)) == written and rig.rt.actuation.decisions == {}
+
+
+def test_local_actuation_releases_its_coils_on_a_controller_fault(rig):
+    central(rig, elm_plan(7, activation=T0))
+    rig.bank.store("phase_ring2", 6)
+    rig.bank.store("presence_4", 1)
+    cars(rig, 10, "count_2")
+    assert coils(rig) == {"hold_6": 1.0}
+    rig.vc.logic.fault("test: cabinet door open")
+    rig.step()
+    assert rig.rt.mode == EdgeMode.FAULT and coils(rig) == {}
+
+
+def test_local_actuation_runs_the_local_plan_too(rig):
+    rig.bank.store("phase_ring1", 4)
+    rig.bank.store("presence_0", 1)
+    rig.run(61)  # silent centre: the time-of-day plan after the grace
+    assert rig.rt.mode == EdgeMode.LOCAL_FALLBACK and rig.rt.actuation_plan() is rig.rt.running
+    assert coils(rig) == {"force_off_4": 1.0}  # EB empty, NB waits
+
+
+def test_coil_writes_that_fail_are_retried_and_said_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    config = load_agent_config(agent_file(tmp_path, startup_grace_s=0))
+    clock = Clock(T0)
+    port = Refusing(config, clock)
+    link = FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None, clock=clock)
+    link.start()
+    rt = EdgeRuntime(config, port, link, clock=clock)
+    port.coil_error = DeviceError("no answer to the write of hold_2")
+    for _ in range(3):
+        clock.t += 1
+        rt.step()
+    assert rt.mode == EdgeMode.LOCAL_FALLBACK and port.written == [1] and port.coils == []
+    assert len([r for r in caplog.records if "coil hold_2 not written" in r.getMessage()]) == 1
+    port.coil_error = None
+    clock.t += 1
+    rt.step()
+    assert sorted(port.coils) == sorted((n, False) for n in COILS)
+    assert rt.stats.coil_writes == 8 and "recovered" in caplog.text
+
+    # A coil the link refuses (a bug: they are checked at start) stops actuation for good.
+    port.coil_error = PermissionError("register hold_2 is not allow-listed for writing")
+    rt.actuation.unsure("hold_2")
+    for _ in range(3):
+        clock.t += 1
+        rt.step()
+    assert len([r for r in caplog.records if "local actuation stopped" in r.getMessage()]) == 1
+
+
+def test_a_map_without_coils_runs_no_actuation_and_says_so(tmp_path, caplog):
+    path = agent_file(tmp_path)
+    regmap = path.parent / "modbus-elm-1st.toml"
+    text = regmap.read_text()
+    for signal in ("phase.hold", "phase.force_off"):
+        text = text.replace(f'signal = "{signal}"', 'signal = "phase.recall"')
+    regmap.write_text(text)
+    caplog.set_level(logging.INFO, logger="edge_agent.runtime")
+    config = load_agent_config(path)
+    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
+                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    assert not rt.actuation.available and rt.actuation_plan() is None
+    assert "no allow-listed phase.hold/phase.force_off coils: local actuation is off" \
+        in caplog.text
+
+    path.write_text(path.read_text().replace("# enabled = true", "enabled = false"))
+    regmap.write_text(regmap.read_text().replace('signal = "phase.recall"\nphase = 2\naccess',
+                                                 'signal = "phase.hold"\nphase = 2\naccess', 1))
+    config = load_agent_config(path)
+    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
+                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    assert rt.actuation.available and "([actuation] enabled = false)" in caplog.text

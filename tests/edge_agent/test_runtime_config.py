@@ -13,6 +13,7 @@ import pytest
 
 from conftest import CONFIGS
 from edge_agent import cli
+from edge_agent.actuation import ActuationParams
 from edge_agent.agent_config import load_agent_config
 from edge_agent.errors import ConfigError
 from edge_agent.modes import ModeConfig
@@ -68,10 +69,40 @@ def test_tables_reach_the_core(tmp_path):
      "unknown detector 'nowhere'"),
     ("\n[aggregation]\ncounter_bits = 0\n", "aggregation.counter_bits"),
     ("\n[detector_health]\ncolour = 1\n", "unknown field `colour`"),
+    ("\n[actuation]\npassage = 2\n", "unknown field `passage`"),
+    ("\n[actuation]\nmin_queue_veh = -1\n", "actuation.min_queue_veh: must be a finite number"),
+    ("\n[actuation]\nenabled = 1\n", r"Expected `bool \| null`.*actuation.enabled"),
+    ("\n[actuation]\npassage_min_s = 3\n", "actuation.passage_min_s: must be <= passage_s"),
 ])
 def test_bad_tables_are_refused(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         load_agent_config(copy_configs(tmp_path, extra))
+
+
+def test_local_actuation_is_on_where_the_map_has_coils(tmp_path):
+    config = load_agent_config(AGENT)
+    assert config.actuation_enabled and config.actuation_params == ActuationParams()
+    path = copy_configs(tmp_path, "\n[actuation]\nenabled = false\nmin_queue_veh = 2\n")
+    path.write_text(path.read_text().replace("max_wait_s = 120 ", "max_wait_s = 90 "))
+    config = load_agent_config(path)
+    assert not config.actuation_enabled
+    assert (config.actuation_params.min_queue_veh, config.actuation_params.max_wait_s) == \
+        (2.0, 90.0)
+
+
+def test_local_actuation_without_coils_is_off_or_refused(tmp_path):
+    path = copy_configs(tmp_path)
+    regmap = path.parent / "modbus-elm-1st.toml"
+    text = regmap.read_text()
+    for signal in ("phase.hold", "phase.force_off"):
+        text = text.replace(f'signal = "{signal}"', 'signal = "phase.recall"')
+    regmap.write_text(text)
+    assert not load_agent_config(path).actuation_enabled  # by default: off
+    path.write_text(path.read_text().replace("# enabled = true", "enabled = true"))
+    with pytest.raises(ConfigError, match=r"needs phase.hold or phase.force_off coils.*"
+                                          r"\(key actuation.enabled\)") as err:
+        load_agent_config(path)
+    assert path.read_text().splitlines()[err.value.line - 1].startswith("enabled = true")
 
 
 def test_health_thresholds_keep_their_hysteresis(tmp_path):
