@@ -35,7 +35,8 @@ One step, in order:
    makes the change at its own safe point.
 4. **Report**: detector health is judged; failed detectors' phases go on recall; local
    actuation (:class:`~edge_agent.local_actuation.LocalActuation`) decides inside the bounds
-   of the running plan and writes the hold and force-off coils that change; every
+   of the running plan and writes the hold and force-off coils that change (both through
+   :class:`~edge_agent.runtime_coils.ControllerCoils`); every
    measurement interval that ended is closed and published; the retained status is updated
    whenever mode, controller health, running plan, failed detectors or the reason change.
 
@@ -80,11 +81,12 @@ from edge_agent.modes import (
 )
 from edge_agent.plan import PlanSource, TimingPlan
 from edge_agent.plan_id_store import load_last_plan_id, save_last_plan_id
-from edge_agent.registers import Alarm, Signal
+from edge_agent.registers import Alarm
 from edge_agent.runtime_inputs import (
     RegisterReadings, SensorDetectors, alarm_bits, controller_fault, own_programme,
     status_registers, watchdog_register,
 )
+from edge_agent.runtime_coils import ControllerCoils
 from edge_agent.runtime_ports import ControllerPort, RuntimeStats, UplinkPort, minute_of_day
 from edge_agent.signatures import load_public_key
 
@@ -146,26 +148,9 @@ class EdgeRuntime:
                              last_plan_id=self._saved_plan_id)
         self._sensors = SensorDetectors(x, aggregation.jam_spacing_m)
         self._watchdog = watchdog_register(regmap) is not None
-        #: recall coil name -> phase, and the phases last put on recall (none of ours at start)
-        self._recall_coils = {r.name: r.phase for r in regmap.registers
-                              if r.signal == Signal.PHASE_RECALL and r.phase is not None}
-        self._recall_written: frozenset[int] = frozenset()
         if not self._watchdog:
             log.warning("register map has no single allow-listed watchdog register: the "
                         "controller cannot tell that the edge is alive")
-        #: Local actuation: always fed the polls; deciding only while enabled (see _actuate).
-        self.actuation = LocalActuation(x, regmap, config.actuation_params,
-                                        jam_spacing_m=aggregation.jam_spacing_m,
-                                        poll_period_s=self.poll_period)
-        self._actuating = config.actuation_enabled and self.actuation.available
-        self._actuation_on = False
-        self._coils_refused = False
-        self._said: str | None = None  # the decisions last logged, so each is said once
-        if not self.actuation.available:
-            log.info("register map has no allow-listed phase.hold/phase.force_off coils: "
-                     "local actuation is off")
-        elif not self._actuating:
-            log.info("local actuation is off ([actuation] enabled = false)")
         #: The plan last written to the controller (None: nothing of ours known to run).
         self.running: TimingPlan | None = None
         self._written_at = now
@@ -184,6 +169,18 @@ class EdgeRuntime:
             ("clock", "clock"), ("poll", f"controller {regmap.device.id} poll"),
             ("watchdog", f"controller {regmap.device.id} watchdog"),
             ("write", f"plan write to {regmap.device.id}"), ("uplink", "uplink"))}
+        self.coils = ControllerCoils(
+            x, regmap, controller,
+            LocalActuation(x, regmap, config.actuation_params,
+                           jam_spacing_m=aggregation.jam_spacing_m,
+                           poll_period_s=self.poll_period),
+            actuation_enabled=config.actuation_enabled, write_log=self._logs["write"],
+            stats=self.stats)
+
+    @property
+    def actuation(self) -> LocalActuation:
+        """Local actuation: its ``last`` decision and ``decisions`` with their reasons."""
+        return self.coils.actuation
 
     # --- the caller's API ----------------------------------------------------------------
     @property
@@ -445,36 +442,15 @@ class EdgeRuntime:
     def _report(self, now: float) -> None:
         for change in self.health.evaluate(now):
             log.log(logging.WARNING if change.failed else logging.INFO, "%s", change)
-        self._write_recalls(now)
-        self._actuate(now)
+        self.coils.recall(now, self.health.recall_phases, self.health.failed,
+                          writable=self.machine.mode != EdgeMode.FAULT)
+        self.coils.actuate(now, self.actuation_plan(), self.health.failed,
+                           self.machine.mode.value)
         if now >= self._next_close:
             for measurement in self.aggregator.close(now, self.health.failed):
                 self._send(measurement, now)
                 self.stats.measurements += 1
             self._next_close = (math.floor(now / self._interval) + 1) * self._interval
-
-    def _write_recalls(self, now: float) -> None:
-        """Put the phases of failed detectors on recall at the controller (and take them off).
-
-        Written whenever the set changes, and again until a write succeeds: without its
-        detector a phase must still be served every cycle.
-        """
-        wanted = self.health.recall_phases
-        if not self._recall_coils or wanted == self._recall_written:
-            return
-        if not self.controller.connected or self.machine.mode == EdgeMode.FAULT:
-            return  # nothing is written to a faulty controller; retried once it is back
-        try:
-            for name, phase in self._recall_coils.items():
-                self.controller.write(name, phase in wanted)
-        except DeviceError as exc:
-            self._logs["write"].failed(now, f"recall not written: {exc}")
-            return
-        self._logs["write"].ok(now)
-        if wanted:
-            log.warning("phases %s on recall: failed detectors %s", sorted(wanted),
-                        sorted(self.health.failed))
-        self._recall_written = wanted
 
     def actuation_plan(self) -> TimingPlan | None:
         """The plan local actuation works inside now (None: it stands aside).
@@ -483,45 +459,10 @@ class EdgeRuntime:
         runs as written, and nothing in ``STARTUP`` or ``FAULT``.
         """
         plan = self.running
-        if not self._actuating or plan is None or plan.source == PlanSource.OVERRIDE or \
+        if not self.coils.actuating or plan is None or plan.source == PlanSource.OVERRIDE or \
                 self.machine.mode not in (EdgeMode.CENTRAL, EdgeMode.LOCAL_FALLBACK):
             return None
         return plan
-
-    def _actuate(self, now: float) -> None:
-        """Decide inside the running plan's bounds; write the coils whose value changes.
-
-        A failed write leaves that coil unknown, so it is written again at the next poll.
-        """
-        if self._coils_refused:
-            return
-        plan = self.actuation_plan()
-        if (plan is not None) != self._actuation_on:
-            self._actuation_on = plan is not None
-            log.info("local actuation %s", f"on, inside plan {plan.plan_id}" if plan else
-                     f"off ({self.machine.mode.value}): hold/force-off coils released")
-        writes = self.actuation.update(now, plan, self.health.failed)
-        said = "; ".join(d.reason for d in self.actuation.decisions.values())
-        if said and said != self._said:
-            log.debug("actuation: %s", said)
-        self._said = said
-        if not writes or not self.controller.connected:
-            return  # a lost link: written when it is back
-        for name, value in writes:
-            try:
-                self.controller.write(name, value)
-            except DeviceError as exc:
-                self.actuation.unsure(name)
-                self._logs["write"].failed(now, f"coil {name} not written: {exc}")
-                return
-            except PermissionError as exc:  # checked at start: a bug, said loudly, then off
-                self.actuation.unsure(name)
-                self._actuating, self._coils_refused = False, True
-                log.error("local actuation stopped: %s", exc)
-                return
-            self.actuation.written(name, value)
-            self.stats.coil_writes += 1
-        self._logs["write"].ok(now)
 
     def _send(self, message: Measurement | Ack, now: float) -> None:
         try:
