@@ -49,12 +49,12 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Commit:
-    """A plan a virtual controller accepted from the wire and started running."""
+    """A plan a virtual controller accepted from the wire and started running (the registers
+    carry no source: the centre's history says whose plan an id is)."""
 
     sim_time: float
     intersection: str
     plan_id: int
-    source: str
 
 
 class VirtualCabinets:
@@ -221,7 +221,7 @@ class VirtualCabinets:
                 if plan is not None:
                     executor.load(plan)
                     if plan is not light.fallback:
-                        self.commits.append(Commit(now, x, plan.plan_id, str(plan.source)))
+                        self.commits.append(Commit(now, x, plan.plan_id))
                 hold = {r.phase for r in light.hold_regs if light.bank.load(r.name)}
                 force = {r.phase for r in light.force_regs if light.bank.load(r.name)}
                 executor.step(now, hold, force)
