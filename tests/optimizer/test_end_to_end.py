@@ -42,7 +42,8 @@ OVERRIDE_S = 120.0  # simulated seconds the override lasts
 def test_the_whole_loop_over_mosquitto_and_modbus(tmp_path: Path) -> None:
     pytest.importorskip("libsumo", reason="needs the simulation extra")
     pytest.importorskip("uvicorn", reason="needs the central extra")
-    httpx = pytest.importorskip("httpx")
+    import httpx2 as httpx  # the test extra's HTTP client (Starlette's TestClient uses it too)
+
     if find_mosquitto() is None:
         pytest.skip("needs mosquitto")
     from optimizer.demo import add_demo_command, run_demo
