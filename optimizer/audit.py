@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edge_agent.errors import TscError
+from optimizer.sqlite_db import connect, immediate
 
 __all__ = ["GENESIS_HASH", "AuditEntry", "AuditError", "AuditLog", "VerifyResult",
            "entry_hash"]
@@ -140,11 +141,7 @@ class AuditLog:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=10.0)
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
+            self._db = connect(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise AuditError(f"audit log {self.path}: cannot open: {exc}") from exc
 
@@ -180,8 +177,7 @@ class AuditLog:
         t = float(t)
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._db):
                     row = self._db.execute(
                         "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
                     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
@@ -191,10 +187,6 @@ class AuditLog:
                                      f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                      (seq, t, who, action, intersection, details_text, reason,
                                       outcome, prev, digest))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise AuditError(f"audit log {self.path}: cannot append: {exc}") from exc
         return AuditEntry(seq, t, who, action, intersection, details_text, reason, outcome,

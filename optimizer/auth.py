@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edge_agent.errors import TscError
 from edge_agent.model import require_ident
+from optimizer.sqlite_db import connect
 
 __all__ = ["AuthError", "Role", "User", "UserExists", "UserStore", "hash_token",
            "TOKEN_PREFIX"]
@@ -91,9 +92,7 @@ class UserStore:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=10.0)
-            self._db.executescript(_SCHEMA)
+            self._db = connect(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise AuthError(f"user store {self.path}: cannot open: {exc}") from exc
 

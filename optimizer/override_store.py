@@ -34,6 +34,7 @@ import msgspec
 from edge_agent.errors import TscError
 from edge_agent.plan import TimingPlan
 from optimizer.arbitration import Override
+from optimizer.sqlite_db import connect, immediate
 
 __all__ = ["ENDINGS", "OverrideStore", "OverrideStoreError", "StoredOverride"]
 
@@ -95,11 +96,7 @@ class OverrideStore:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=10.0)
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")  # as the audit log in the file
-            self._db.executescript(_SCHEMA)
+            self._db = connect(self.path, _SCHEMA)
         except sqlite3.Error as exc:
             raise OverrideStoreError(f"override store {self.path}: cannot open: {exc}") from exc
 
@@ -113,8 +110,7 @@ class OverrideStore:
         """Reserve the next override id (above every id this file has ever recorded)."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._db):
                     # MAX over the rows as well as the counter: a file written before the
                     # counter existed, or a counter row lost, still never yields a used id.
                     row = self._db.execute(
@@ -123,10 +119,6 @@ class OverrideStore:
                     nxt = int(row[0]) + 1
                     self._db.execute("INSERT OR REPLACE INTO override_ids (one, last) "
                                      "VALUES (1, ?)", (nxt,))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise OverrideStoreError(f"override store {self.path}: cannot reserve an "
                                          f"override id: {exc}") from exc
