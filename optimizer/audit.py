@@ -21,13 +21,11 @@ import json
 import math
 import re
 import sqlite3
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 from edge_agent.errors import TscError
-from optimizer.sqlite_db import connect, immediate
+from optimizer.sqlite_db import SqliteStore, immediate
 
 __all__ = ["GENESIS_HASH", "AuditEntry", "AuditError", "AuditLog", "VerifyResult",
            "entry_hash"]
@@ -130,25 +128,16 @@ def _text(value: Any, field: str, *, allow_empty: bool = False) -> str:
     return value
 
 
-class AuditLog:
+class AuditLog(SqliteStore):
     """The append-only, hash-chained audit log in an SQLite file (``":memory:"`` for tests).
 
     Safe to share between threads; several processes may append to the same file (each append
     is one ``BEGIN IMMEDIATE`` transaction, so two writers cannot both chain onto one head).
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        try:
-            self._db = connect(self.path, _SCHEMA)
-        except sqlite3.Error as exc:
-            raise AuditError(f"audit log {self.path}: cannot open: {exc}") from exc
-
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
+    what = "audit log"
+    error = AuditError
+    schema = _SCHEMA
 
     def append(self, *, t: float, who: str, action: str, intersection: str | None,
                details: Mapping[str, Any], reason: str, outcome: str) -> AuditEntry:

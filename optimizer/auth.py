@@ -14,13 +14,11 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from edge_agent.errors import TscError
 from edge_agent.model import require_ident
-from optimizer.sqlite_db import connect
+from optimizer.sqlite_db import SqliteStore
 
 __all__ = ["AuthError", "Role", "User", "UserExists", "UserStore", "hash_token",
            "TOKEN_PREFIX"]
@@ -85,21 +83,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class UserStore:
+class UserStore(SqliteStore):
     """Users and their token hashes in an SQLite file (``":memory:"`` for tests)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        try:
-            self._db = connect(self.path, _SCHEMA)
-        except sqlite3.Error as exc:
-            raise AuthError(f"user store {self.path}: cannot open: {exc}") from exc
-
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
+    what = "user store"
+    error = AuthError
+    schema = _SCHEMA
 
     def add(self, name: str, role: Role | str, now: float) -> str:
         """Add a user and return their token (the only time it is shown)."""

@@ -25,16 +25,14 @@ losing an override silently.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 
 from edge_agent.errors import TscError
 from edge_agent.plan import TimingPlan
 from optimizer.arbitration import Override
-from optimizer.sqlite_db import connect, immediate
+from optimizer.sqlite_db import SqliteStore, immediate
 
 __all__ = ["ENDINGS", "OverrideStore", "OverrideStoreError", "StoredOverride"]
 
@@ -89,21 +87,12 @@ class StoredOverride:
         return self.outcome == "active"
 
 
-class OverrideStore:
+class OverrideStore(SqliteStore):
     """The overrides table in an SQLite file (``":memory:"`` for tests); thread-safe."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        try:
-            self._db = connect(self.path, _SCHEMA)
-        except sqlite3.Error as exc:
-            raise OverrideStoreError(f"override store {self.path}: cannot open: {exc}") from exc
-
-    def close(self) -> None:
-        """Close the database connection."""
-        with self._lock:
-            self._db.close()
+    what = "override store"
+    error = OverrideStoreError
+    schema = _SCHEMA
 
     # --- writing ----------------------------------------------------------------------------
     def next_id(self) -> int:

@@ -10,10 +10,13 @@ centre and ``tsc-central audit``) can share one file.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
 
-__all__ = ["connect", "immediate"]
+__all__ = ["SqliteStore", "connect", "immediate"]
 
 BUSY_TIMEOUT_S = 10.0  # another process writing the same file
 
@@ -45,3 +48,29 @@ def immediate(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class SqliteStore:
+    """A store on one SQLite file (``":memory:"`` for tests): one connection under one lock.
+
+    A subclass names itself (``what``), its error class (raised, naming the file, when the
+    file cannot be opened) and its ``schema``; its methods use ``self._db`` under
+    ``self._lock``.
+    """
+
+    what: ClassVar[str]
+    error: ClassVar[type[Exception]]
+    schema: ClassVar[str]
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = connect(self.path, self.schema)
+        except sqlite3.Error as exc:
+            raise self.error(f"{self.what} {self.path}: cannot open: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
