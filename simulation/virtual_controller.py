@@ -1,4 +1,5 @@
-"""A virtual signal controller: a pymodbus TCP server on 127.0.0.1 that serves a register map.
+"""A virtual signal controller: a pymodbus server that serves a register map, over TCP on
+127.0.0.1 or, for a map whose device is ``rtu``, as an RTU slave on the map's serial port.
 
 What stands behind the registers:
 
@@ -10,7 +11,9 @@ What stands behind the registers:
   detectors measured, the light run by the committed plan or the net's own programme, hold and
   force-off coils, and the watchdog fallback.
 
-The server listens on 127.0.0.1 only, on the given port or one the OS picks (``port=0``); it
+Over TCP the server listens on 127.0.0.1 only, on the given port or one the OS picks
+(``port=0``); over RTU it opens ``device.serial_port`` with the map's baud rate, parity and
+stop bits (the edge's end is the other end of the line: a cable, or a pty pair in tests). It
 uses pymodbus' ``SimDevice`` datastore with an action hook, so every request is answered from
 the bank and every write goes through the bank's allow-list. :meth:`VirtualController.loopback_client`
 gives the same device without sockets (the contract tests' fake).
@@ -35,7 +38,8 @@ from typing import Any
 
 import msgspec
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.simulator.simutils import SimUtils
@@ -43,7 +47,7 @@ from pymodbus.simulator.simutils import SimUtils
 from edge_agent.config import load_site, load_toml
 from edge_agent.errors import ConfigError, DeviceError
 from edge_agent.model import Intersection
-from edge_agent.registers import Access, DeviceSettings, RegisterMap, Table
+from edge_agent.registers import Access, DeviceSettings, RegisterMap, Table, Transport
 from simulation.net_import import ImportedNet, import_net
 from simulation.scenario import Scenario, load_scenario
 from simulation.virtual_bank import BIT_TABLES, LoopbackClient, RegisterBank, RequestRefused
@@ -173,7 +177,7 @@ class VirtualController:
         if failure:
             self._thread.join()
             self._thread = None
-            raise DeviceError(f"virtual controller cannot listen on {HOST}:{self._port}: "
+            raise DeviceError(f"virtual controller cannot listen on {self._where()}: "
                               f"{failure[0]}") from failure[0]
         self._generation += 1
         self._running = True
@@ -201,9 +205,18 @@ class VirtualController:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._shutdown = asyncio.Event()
-        server = ModbusTcpServer(self._device(), address=(HOST, self._port))
-        await server.serve_forever(background=True)
-        self._port = server.transport.sockets[0].getsockname()[1]
+        device = self.regmap.device
+        server: ModbusTcpServer | ModbusSerialServer
+        if device.transport == Transport.RTU:
+            server = ModbusSerialServer(self._device(), framer=FramerType.RTU,
+                                        port=device.serial_port, baudrate=device.baudrate,
+                                        parity=device.parity, stopbits=device.stopbits,
+                                        bytesize=8)
+            await server.serve_forever(background=True)  # RuntimeError: cannot open the port
+        else:
+            server = ModbusTcpServer(self._device(), address=(HOST, self._port))
+            await server.serve_forever(background=True)
+            self._port = server.transport.sockets[0].getsockname()[1]
         ready.set()
         await self._shutdown.wait()
         await server.shutdown()
@@ -281,8 +294,13 @@ class VirtualController:
                                          port=self._port or self.regmap.device.port)
         return msgspec.structs.replace(self.regmap, device=device)
 
+    def _where(self) -> str:
+        device = self.regmap.device
+        return device.serial_port if device.transport == Transport.RTU else \
+            f"{HOST}:{self._port}"
+
     def __repr__(self) -> str:
-        return f"VirtualController({self.regmap.device.id!r}, {HOST}:{self._port})"
+        return f"VirtualController({self.regmap.device.id!r}, {self._where()})"
 
 
 def serve(register_map: RegisterMap | str | os.PathLike[str] | None = None, *,

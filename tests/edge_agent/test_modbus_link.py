@@ -27,6 +27,8 @@ pytest.importorskip("pymodbus")
 from simulation.virtual_controller import VirtualController  # noqa: E402  (needs pymodbus)
 from simulation.virtual_logic import Alarm, ControllerMode  # noqa: E402
 
+from null_modem import NullModem  # noqa: E402  (tests/edge_agent: a pty pair for RTU)
+
 
 @pytest.fixture(scope="module")
 def elm_map(configs_dir) -> RegisterMap:
@@ -228,20 +230,32 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 class Rig:
-    """A virtual controller and an edge link to it, over TCP or in memory."""
+    """A virtual controller and an edge link to it: in memory, over TCP, or over RTU on the
+    two ends of a null-modem pty pair (``transport``: "memory", "tcp" or "rtu")."""
 
-    def __init__(self, regmap: RegisterMap, intersection, tcp: bool, **link_kw) -> None:
+    def __init__(self, regmap: RegisterMap, intersection, transport: str, **link_kw) -> None:
         fast = msgspec.structs.replace(regmap.device, **FAST)
+        self.modem = NullModem() if transport == "rtu" else None
+        if self.modem is not None:  # the controller on one end of the line, the edge on the other
+            controller_end, edge_end = self.modem.paths
+            fast = msgspec.structs.replace(fast, transport="rtu", serial_port=controller_end,
+                                           baudrate=115200)
         self.vc = VirtualController(msgspec.structs.replace(regmap, device=fast),
-                                    intersection=intersection).start(tcp=tcp)
-        factory = {} if tcp else {"client_factory": self.vc.loopback_client}
-        self.link = ModbusLink(self.vc.link_map(), **factory, **link_kw).start()
+                                    intersection=intersection).start(tcp=transport != "memory")
+        factory = {"client_factory": self.vc.loopback_client} if transport == "memory" else {}
+        link_map = self.vc.link_map()
+        if self.modem is not None:
+            link_map = msgspec.structs.replace(link_map, device=msgspec.structs.replace(
+                link_map.device, serial_port=edge_end))
+        self.link = ModbusLink(link_map, **factory, **link_kw).start()
         if self.link.autopoll:
             wait_for(lambda: self.link.state == LinkState.UP)
 
     def close(self) -> None:
         self.link.stop()
         self.vc.stop()
+        if self.modem is not None:
+            self.modem.close()
 
     def sees(self, name: str, value: float) -> bool:
         """Wait until the link reads ``value`` fresh from ``name``."""
@@ -253,11 +267,11 @@ class Rig:
 class LinkContract:
     """What the edge can rely on, whatever is at the other end of the link."""
 
-    tcp = False
+    transport = "memory"
 
     @pytest.fixture
     def rig(self, elm_map, elm):
-        rig = Rig(elm_map, elm, self.tcp)
+        rig = Rig(elm_map, elm, self.transport)
         yield rig
         rig.close()
 
@@ -282,7 +296,7 @@ class LinkContract:
     @pytest.mark.parametrize("order", ["big", "little"])
     def test_data_types_and_word_order_survive_the_wire(self, order, elm):
         regmap = RegisterMap(device=_device(word_order=order), registers=WORD_MAP_REGS)
-        rig = Rig(regmap, None, self.tcp)
+        rig = Rig(regmap, None, self.transport)
         try:
             for name, value in WORD_VALUES.items():
                 rig.vc.bank.store(name, value)
@@ -383,18 +397,28 @@ class LinkContract:
     def test_writes_to_an_unreachable_device_raise_device_errors(self, rig, elm):
         rig.vc.stop_server()
         wait_for(lambda: rig.link.state == LinkState.DOWN)
-        with pytest.raises(DeviceError, match="not connected"):
+        # Over TCP the connection is gone; a serial port stays open with no one answering.
+        why = "no answer to the write" if self.transport == "rtu" else "not connected"
+        with pytest.raises(DeviceError, match=why):
             rig.link.write_plan(elm_plan(), elm)
-        assert rig.vc.bank.write_log == []
+        assert rig.vc.bank.write_log == []  # the first write failed: nothing after it was sent
 
 
 class TestInMemory(LinkContract):
-    tcp = False
+    transport = "memory"
 
 
 @pytest.mark.integration
 class TestPymodbusTcp(LinkContract):
-    tcp = True
+    transport = "tcp"
+
+
+@pytest.mark.integration
+class TestPymodbusRtu(LinkContract):
+    """The same contract over Modbus RTU: pymodbus' serial client and server on real
+    (pseudo-)serial ports joined by a null modem."""
+
+    transport = "rtu"
 
 
 # ----------------------------------------------------------------------------- link edges
@@ -409,7 +433,7 @@ def test_link_refuses_unknown_poll_names_and_use_before_start(elm_map):
 
 
 def test_poll_now_without_autopoll_and_device_refusals(elm_map, elm):
-    rig = Rig(elm_map, elm, False, autopoll=False)
+    rig = Rig(elm_map, elm, "memory", autopoll=False)
     try:
         assert rig.link.state == LinkState.CONNECTING
         assert rig.link.poll_now() is True
@@ -446,3 +470,11 @@ def test_a_bad_client_setting_is_a_device_error(elm_map):
         assert link.poll_now() is False and link.state == LinkState.DOWN
     finally:
         link.stop()
+
+
+def test_a_virtual_rtu_controller_without_its_serial_port_says_which(elm_map):
+    rtu = RegisterMap(device=DeviceSettings(id="rtu", transport=Transport.RTU,
+                                            serial_port="/dev/no-such-tty-tsc"),
+                      registers=elm_map.registers)
+    with pytest.raises(DeviceError, match="/dev/no-such-tty-tsc"):
+        VirtualController(rtu).start()
