@@ -67,6 +67,7 @@ from edge_agent.registers import Signal  # noqa: E402
 from edge_agent.runtime import EdgeRuntime  # noqa: E402
 from edge_agent.runtime_agent import Agent  # noqa: E402
 from edge_agent.runtime_inputs import polled_registers  # noqa: E402
+from optimizer.mosquitto import Mosquitto  # noqa: E402
 from edge_agent.signatures import generate_key, load_private_key, sign_plan  # noqa: E402
 from edge_agent.topics import TopicKind, topic  # noqa: E402
 
@@ -74,7 +75,7 @@ _spec = importlib.util.spec_from_file_location("edge_mqtt", REPO / "benchmarks" 
 assert _spec is not None and _spec.loader is not None
 _edge_mqtt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_edge_mqtt)
-Broker, memory_kib = _edge_mqtt.Broker, _edge_mqtt.memory_kib  # mosquitto runner, /proc reader
+memory_kib = _edge_mqtt.memory_kib  # /proc reader
 
 AGENT_FILE = REPO / "configs" / "edge-elm-1st.toml"
 T0 = 1_800_000_000.0
@@ -286,11 +287,9 @@ def latency(config: AgentConfig, port: int, plans: int, core: int, directory: Pa
 
     private, public = generate_key()
     key = load_private_key(private)
-    broker = Broker(directory, other_cores(core))
-    if nodelay:  # mosquitto leaves Nagle's algorithm on by default
-        config_file = Path(broker.command[2])
-        config_file.write_text(config_file.read_text() + "set_tcp_nodelay true\n")
-    broker.start()
+    # mosquitto leaves Nagle's algorithm on by default
+    broker = Mosquitto(directory / f"broker-nodelay-{nodelay}", cores=other_cores(core),
+                       extra_config="set_tcp_nodelay true" if nodelay else "").start()
     mqtt_settings = msgspec.structs.replace(config.file.mqtt, port=broker.port)
     config = on_port(config, port, trusted_keys={"central": public},
                      file=msgspec.structs.replace(config.file, mqtt=mqtt_settings),

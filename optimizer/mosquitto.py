@@ -9,7 +9,8 @@ port, as a broker outage would. Options:
   messages) across a restart, as in production;
 * ``max_queued_messages``: raised well above mosquitto's default of 1000, beyond which it drops
   a client's queued QoS 1 messages silently (FIELD-NOTES);
-* ``cores``: pin the broker to these CPUs (a benchmark keeps it off the measured process's).
+* ``cores``: pin the broker to these CPUs (a benchmark keeps it off the measured process's);
+* ``extra_config``: more lines for its config file (``set_tcp_nodelay true``...).
 
 Run as root, mosquitto switches to the user ``mosquitto``, which cannot write a private
 temporary folder: the log and the persistence database would silently not be written. The
@@ -63,7 +64,8 @@ class Mosquitto:
 
     def __init__(self, folder: Path | str, *, binary: str | None = None,
                  persistence: bool = False, max_queued_messages: int = 100_000,
-                 cores: Collection[int] = (), own_session: bool = False) -> None:
+                 cores: Collection[int] = (), own_session: bool = False,
+                 extra_config: str = "") -> None:
         found = binary or find_mosquitto()
         if found is None:
             raise FileNotFoundError("mosquitto not found: apt-get install mosquitto")
@@ -86,7 +88,8 @@ class Mosquitto:
             f"max_queued_messages {max_queued_messages}\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            + (extra_config.rstrip("\n") + "\n" if extra_config else ""))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
