@@ -84,7 +84,7 @@ def against_targets(scenario: str, rows: dict[str, dict]) -> dict | None:
     ratio = delay / baselines[best]
     return {"scenario": scenario, "adaptive": delay,
             "baseline": f"{baselines[best]:.1f} {best}", "ratio": ratio,
-            "published": f"{published[0]:.1f} {published[1]}", "target": published[2],
+            "published": f"{published[0]:.2f} {published[1]}", "target": published[2],
             "met": delay <= published[2] and ratio <= 0.85 and delay < published[0]}
 
 
