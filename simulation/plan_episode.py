@@ -76,12 +76,19 @@ class Programme(NamedTuple):
 
     def states_at(self, time: float) -> set[str]:
         """The state SUMO shows at ``time``: the entry running then, or at a switch the one
-        ending (SUMO applies a switch due at ``t`` during the step after ``t``)."""
+        ending (SUMO applies a switch due at ``t`` during the step after ``t``).
+
+        In whole milliseconds, as SUMO counts: in floating point a position that falls exactly
+        on a switch (``(0 - 9.0) % 38.8`` is 29.799999999999997, not 29.8) lands in the
+        entry before it, which SUMO has already left.
+        """
+        durations = [round(d * 1000) for _, d in self.phases]
+        cycle, now = sum(durations), round(time * 1000)
         out = set()
-        for position in ((time - self.offset) % self.cycle,
-                         (time - self.offset - 1e-3) % self.cycle):
-            start = 0.0
-            for state, duration in self.phases:
+        for position in ((now - round(self.offset * 1000)) % cycle,
+                         (now - 1 - round(self.offset * 1000)) % cycle):
+            start = 0
+            for (state, _), duration in zip(self.phases, durations):
                 if start <= position < start + duration:
                     out.add(state)
                     break

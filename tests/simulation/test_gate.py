@@ -85,6 +85,16 @@ def test_programme_states_allow_for_sumos_switch_step():
     assert programme.states_at(4.0 + 40) == {"rG"}
 
 
+def test_programme_states_at_a_switch_are_counted_in_whole_milliseconds():
+    # A centre's plan: phase 1 green 25.8 s, yellow 4, phase 2 green 5, yellow 4 (cycle 38.8)
+    # whose phase 2 starts at 0: SUMO offset 9.0, so at 0 s SUMO has just switched to phase
+    # 2's green. In floating point (0 - 9.0) % 38.8 is 29.799999999999997, inside the yellow.
+    programme = Programme("A0", "A0", (("Gr", 25.8), ("yr", 4.0), ("rG", 5.0), ("ry", 4.0)),
+                          offset=9.0)
+    assert programme.states_at(0.0) == {"yr", "rG"}
+    assert programme.states_at(38.8) == {"yr", "rG"}
+
+
 def test_a_programme_sumo_does_not_run_is_an_error_not_a_silent_fallback():
     programme = Programme("A0", "A0", (("Gr", 10.0), ("rG", 10.0)), offset=0.0)
     tl = SimpleNamespace(getProgram=lambda tls: "0", getRedYellowGreenState=lambda tls: "Gr")
