@@ -165,7 +165,9 @@ keepalive_s = 30
 trusted_keys = {{ central = "../keys/central.pub" }}
 heartbeat_timeout_s = 60
 good_heartbeats_to_resume = 2
-startup_grace_s = 30
+# Longer than a cycle: the centre's first plan waits for its own cycle boundary at a
+# controller running nothing of ours, and the edge should not fall back meanwhile.
+startup_grace_s = 150
 
 [[time_of_day]]
 start = "00:00"
