@@ -34,12 +34,10 @@ from simulation.kpi import Kpis
 from simulation.net_import import ImportedNet, import_net
 from simulation.net_xml import read_net
 from simulation.scenario import Scenario, load_scenario
-from simulation.signal_driver import SignalDriver, guarded_clearance
 from simulation.sumo_session import SumoSession
 from simulation.virtual_controller import VirtualController
-from simulation.virtual_logic import PlanExecutor
-from simulation.virtual_map import LOOP_KINDS, register_map_for
-from simulation.virtual_sumo import (SumoIntersection, _Detector, detectors_xml,
+from simulation.virtual_map import register_map_for
+from simulation.virtual_sumo import (SumoIntersection, detectors_xml,
                                      session_with_additional)
 
 __all__ = ["Commit", "VirtualCabinets"]
@@ -195,43 +193,21 @@ class VirtualCabinets:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _loop(self, session: SumoSession) -> None:
-        conn, step = session.conn, session.step_length
-        self.end = session.end
-        runs: list[tuple[str, SumoIntersection, PlanExecutor, SignalDriver,
-                         dict[str, _Detector]]] = []
-        window = max(1, round(5.0 / step))
-        for x, light in self.lights.items():
-            states = self.imported.phase_states[light.tls_id]
-            current = conn.trafficlight.getRedYellowGreenState(light.tls_id)
-            start = next((n for n, s in states.items() if s == current), None)
-            driver = SignalDriver(conn, light.tls_id, light.intersection, states,
-                                  clearance=guarded_clearance(light.intersection),
-                                  start_phase=start, step_length=step)
-            light.executor = executor = PlanExecutor(driver, light.fallback)
-            dets = {d.id: _Detector(conn.inductionloop if d.kind in LOOP_KINDS
-                                    else conn.lanearea, d.id, window) for d in light.detectors}
-            runs.append((x, light, executor, driver, dets))
+        for light in self.lights.values():
+            light.attach(session)
         self._started.set()
         self._go.wait()
         wall0, sim0 = time.perf_counter(), session.time
         while not self._stop.is_set() and not session.done:
             now = session.time
-            for x, light, executor, _driver, _dets in runs:
-                plan = light.logic.tick()
-                if plan is not None:
-                    executor.load(plan)
-                    if plan is not light.fallback:
-                        self.commits.append(Commit(now, x, plan.plan_id))
-                hold = {r.phase for r in light.hold_regs if light.bank.load(r.name)}
-                force = {r.phase for r in light.force_regs if light.bank.load(r.name)}
-                executor.step(now, hold, force)
+            for x, light in self.lights.items():
+                plan = light.control(now)
+                if plan is not None and plan is not light.fallback:
+                    self.commits.append(Commit(now, x, plan.plan_id))
             session.step()
             self.sim_time = session.time
-            for _x, light, _executor, driver, dets in runs:
-                light.sim_time = session.time
-                for det in dets.values():
-                    det.update()
-                light._publish(dets, conn, driver.phase)  # noqa: SLF001 - same package
+            for light in self.lights.values():
+                light.measure(session)
             if self.on_step is not None:
                 self.on_step(session.time)
             if self.speed is not None:

@@ -40,6 +40,7 @@ from xml.sax.saxutils import quoteattr
 from edge_agent.guard import check_plan
 from edge_agent.model import Detector, DetectorKind
 from edge_agent.modbus_core import counter_modulus
+from edge_agent.plan import TimingPlan
 from edge_agent.registers import DataType, Register, Signal
 from simulation.net_import import ImportedNet, import_net
 from simulation.net_xml import read_net
@@ -177,6 +178,8 @@ class SumoIntersection:
         #: (simulation time, SUMO state of the light) at every change
         self.state_log: deque[tuple[float, str]] = deque(maxlen=10_000)
         self.executor: PlanExecutor | None = None
+        self.driver: SignalDriver | None = None
+        self._dets: dict[str, _Detector] = {}
         self.sim_time = 0.0
         self.error: BaseException | None = None
         self.finished = False
@@ -256,37 +259,54 @@ class SumoIntersection:
             self._started.set()
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _loop(self, session: SumoSession) -> None:
+    def attach(self, session: SumoSession) -> None:
+        """Take over this light in a started ``session``: a guarded driver from the state SUMO
+        shows, the plan executor on it (running the fallback), and the detectors read."""
         conn, step = session.conn, session.step_length
         states = self.imported.phase_states[self.tls_id]
         current = conn.trafficlight.getRedYellowGreenState(self.tls_id)
         start = next((n for n, s in states.items() if s == current), None)
-        driver = SignalDriver(conn, self.tls_id, self.intersection, states,
-                              clearance=guarded_clearance(self.intersection),
-                              start_phase=start, step_length=step)
-        self.executor = executor = PlanExecutor(driver, self.fallback)
-        window = round(self.occupancy_window_s / step)
-        dets = {d.id: _Detector(conn.inductionloop if d.kind in LOOP_KINDS else conn.lanearea,
-                                d.id, window) for d in self.detectors}
+        self.driver = SignalDriver(conn, self.tls_id, self.intersection, states,
+                                   clearance=guarded_clearance(self.intersection),
+                                   start_phase=start, step_length=step)
+        self.executor = PlanExecutor(self.driver, self.fallback)
+        window = max(1, round(self.occupancy_window_s / step))
+        self._dets = {d.id: _Detector(conn.inductionloop if d.kind in LOOP_KINDS
+                                      else conn.lanearea, d.id, window) for d in self.detectors}
+
+    def control(self, now: float) -> TimingPlan | None:
+        """Before a step: load a newly committed plan (returned), then run the executor with
+        the hold and force-off coils as the edge left them."""
+        assert self.executor is not None, "attach() first"
+        plan = self.logic.tick()
+        if plan is not None:
+            self.executor.load(plan)
+        hold = {r.phase for r in self.hold_regs if self.bank.load(r.name)}
+        force = {r.phase for r in self.force_regs if self.bank.load(r.name)}
+        self.executor.step(now, hold, force)
+        return plan
+
+    def measure(self, session: SumoSession) -> None:
+        """After a step: read the detectors and publish them, the queues and the phase."""
+        assert self.driver is not None, "attach() first"
+        self.sim_time = session.time
+        for det in self._dets.values():
+            det.update()
+        self._publish(self._dets, session.conn, self.driver.phase)
+
+    def _loop(self, session: SumoSession) -> None:
+        self.attach(session)
         self._started.set()
         wall0, sim0, last_state = time.perf_counter(), session.time, None
         while not self._stop.is_set() and not session.done:
-            plan = self.logic.tick()
-            if plan is not None:
-                executor.load(plan)
-            hold = {r.phase for r in self.hold_regs if self.bank.load(r.name)}
-            force = {r.phase for r in self.force_regs if self.bank.load(r.name)}
             now = session.time
-            executor.step(now, hold, force)
-            state = conn.trafficlight.getRedYellowGreenState(self.tls_id)
+            self.control(now)
+            state = session.conn.trafficlight.getRedYellowGreenState(self.tls_id)
             if state != last_state:
                 self.state_log.append((now, state))
                 last_state = state
             session.step()
-            self.sim_time = session.time
-            for det in dets.values():
-                det.update()
-            self._publish(dets, conn, driver.phase)
+            self.measure(session)
             if self.speed is not None:
                 ahead = (session.time - sim0) / self.speed - (time.perf_counter() - wall0)
                 if ahead > 0:
