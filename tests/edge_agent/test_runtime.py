@@ -536,14 +536,19 @@ class Refusing:
         self.coils.append((name, value))
 
 
-def test_failing_calls_are_logged_once_and_retried(tmp_path, caplog):
-    caplog.set_level(logging.WARNING)
+def refusing_runtime(tmp_path: Path) -> tuple[Clock, Refusing, FakeLink, EdgeRuntime]:
+    """A runtime (no start-up grace) over a :class:`Refusing` controller and a fake link."""
     config = load_agent_config(agent_file(tmp_path, startup_grace_s=0))
     clock = Clock(T0)
     port = Refusing(config, clock)
     link = FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None, clock=clock)
     link.start()
-    rt = EdgeRuntime(config, port, link, clock=clock)
+    return clock, port, link, EdgeRuntime(config, port, link, clock=clock)
+
+
+def test_failing_calls_are_logged_once_and_retried(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    clock, port, link, rt = refusing_runtime(tmp_path)
     port.poll_error = DeviceError("link not started")
     port.kick_error = DeviceError("no answer to the write of watchdog")
     port.write_error = DeviceError("not connected")
@@ -712,12 +717,7 @@ def test_local_actuation_runs_the_local_plan_too(rig):
 
 def test_coil_writes_that_fail_are_retried_and_said_once(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    config = load_agent_config(agent_file(tmp_path, startup_grace_s=0))
-    clock = Clock(T0)
-    port = Refusing(config, clock)
-    link = FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None, clock=clock)
-    link.start()
-    rt = EdgeRuntime(config, port, link, clock=clock)
+    clock, port, link, rt = refusing_runtime(tmp_path)
     port.coil_error = DeviceError("no answer to the write of hold_2")
     for _ in range(3):
         clock.t += 1
