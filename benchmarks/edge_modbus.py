@@ -35,7 +35,7 @@ from edge_agent.modbus_core import plan_writes  # noqa: E402
 from edge_agent.modbus_link import ModbusLink  # noqa: E402
 from edge_agent.plan import PhaseTiming, TimingPlan  # noqa: E402
 from edge_agent.registers import RegisterMap  # noqa: E402
-from simulation.virtual_controller import VirtualController  # noqa: E402
+from simulation.virtual_controller import VirtualController, serve_in_process  # noqa: E402
 from simulation.virtual_map import register_map_for, write_register_map  # noqa: E402
 
 
@@ -63,20 +63,6 @@ def _poll_for(link: ModbusLink, seconds: float) -> tuple[float, float, int, int]
             link.stats.values - start_values, link.stats.requests - start_requests)
 
 
-def _server_process(map_path: Path, cpu: int) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "simulation.virtual_controller", "--register-map", str(map_path)]
-    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
-        cmd = ["taskset", "-c", str(cpu)] + cmd
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    line = proc.stdout.readline()
-    if "127.0.0.1:" not in line:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"virtual controller did not start: {line!r}")
-    return proc, int(line.split("127.0.0.1:")[1].split(",")[0])
-
-
 def readings(maps: dict[str, RegisterMap], seconds: float) -> list[str]:
     rows = []
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
@@ -84,7 +70,7 @@ def readings(maps: dict[str, RegisterMap], seconds: float) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         for label, regmap in maps.items():
             path = write_register_map(regmap, Path(tmp) / f"{label}.toml")
-            proc, port = _server_process(path, server_cpu)
+            proc, port = serve_in_process(path, cores=[server_cpu])
             try:
                 link = ModbusLink(_fast(regmap, port), autopoll=False).start()
                 try:

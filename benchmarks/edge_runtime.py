@@ -41,7 +41,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -67,6 +66,7 @@ from edge_agent.registers import Signal  # noqa: E402
 from edge_agent.runtime import EdgeRuntime  # noqa: E402
 from edge_agent.runtime_agent import Agent  # noqa: E402
 from edge_agent.runtime_inputs import polled_registers  # noqa: E402
+from simulation.virtual_controller import serve_in_process  # noqa: E402
 from optimizer.mosquitto import Mosquitto  # noqa: E402
 from edge_agent.signatures import generate_key, load_private_key, sign_plan  # noqa: E402
 from edge_agent.topics import TopicKind, topic  # noqa: E402
@@ -197,21 +197,6 @@ def reading_path(config: AgentConfig, seconds: float) -> dict[str, Any]:
 
 
 # --- 2. with a real Modbus link -------------------------------------------------------------
-def server_process(map_path: Path, cores: set[int]) -> tuple[subprocess.Popen, int]:
-    cmd = [sys.executable, "-m", "simulation.virtual_controller", "--register-map",
-           str(map_path), "--site", str(REPO / "configs" / "nema-4phase.toml")]
-    if cores and shutil.which("taskset"):
-        cmd = ["taskset", "-c", ",".join(map(str, sorted(cores)))] + cmd
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    line = proc.stdout.readline()
-    if "127.0.0.1:" not in line:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"virtual controller did not start: {line!r}")
-    return proc, int(line.split("127.0.0.1:")[1].split(",")[0])
-
-
 def on_port(config: AgentConfig, port: int, **changes: Any) -> AgentConfig:
     regmap = config.register_map
     regmap = msgspec.structs.replace(regmap, device=msgspec.structs.replace(regmap.device,
@@ -368,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         directory = Path(tmp)
         map_path = directory / "map.toml"
         shutil.copy(REPO / "configs" / "modbus-elm-1st.toml", map_path)
-        server, port = server_process(map_path, other_cores(args.core))
+        server, port = serve_in_process(map_path, site=REPO / "configs" / "nema-4phase.toml",
+                                        cores=sorted(other_cores(args.core)))
         try:
             results["with_modbus"] = with_modbus(config, port, args.seconds)
             if shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"):

@@ -28,7 +28,9 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -55,7 +57,7 @@ from simulation.virtual_logic import ControllerLogic
 from simulation.virtual_map import register_map_for, write_register_map
 from simulation.virtual_sumo import SumoIntersection
 
-__all__ = ["VirtualController", "main", "serve"]
+__all__ = ["VirtualController", "main", "serve", "serve_in_process"]
 
 _log = logging.getLogger(__name__)
 HOST = "127.0.0.1"  # a virtual controller never listens beyond this machine
@@ -350,6 +352,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--watchdog-s", dest="watchdog_s", type=float, default=10.0,
                    help="fall back to the own programme after this long without a watchdog change")
     return p
+
+
+def serve_in_process(register_map: str | os.PathLike[str], *,
+                     site: str | os.PathLike[str] | None = None,
+                     cores: Sequence[int] = ()) -> tuple[subprocess.Popen[str], int]:
+    """Start ``python -m simulation.virtual_controller`` for ``register_map`` in its own
+    process (pinned to ``cores`` with taskset when given and available) and return it with
+    the TCP port it listens on. RuntimeError if it does not start."""
+    cmd = [sys.executable, "-m", "simulation.virtual_controller", "--register-map",
+           str(register_map)]
+    if site is not None:
+        cmd += ["--site", str(site)]
+    if cores and shutil.which("taskset"):
+        cmd = ["taskset", "-c", ",".join(map(str, sorted(cores)))] + cmd
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if f"{HOST}:" not in line:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"virtual controller did not start: {line!r}")
+    return proc, int(line.split(f"{HOST}:")[1].split(",")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
