@@ -26,7 +26,9 @@ movements, its approach's where no movement names the lane). Per phase this give
 the advance loops over the last poll) summed over its lanes; ``gap_s``, the time since the last
 actuation, and ``discharging``, the queue on lanes whose stop bar counted a departure within
 ``passage_s`` plus a poll, both over the lanes the phase serves whole (a protected turn is not
-kept green by the through traffic of a shared lane). A phase with a failed calling detector
+kept green by the through traffic of a shared lane). A lane that one phase serves whole does not
+call a phase serving only part of it (:func:`lane_calls`: a left that also runs permissive with
+the through never calls its protected phase). A phase with a failed calling detector
 (the phases :class:`~edge_agent.detector_health.DetectorHealth` puts on recall), or with no
 usable register at all, is not detected: the Actuator recalls it.
 
@@ -64,7 +66,7 @@ from edge_agent.model import Contract, DetectorKind, Intersection, Turn
 from edge_agent.plan import TimingPlan
 from edge_agent.registers import Access, RegisterMap, Signal
 
-__all__ = ["ActuationConfig", "LocalActuation", "actuation_coils", "lane_phases"]
+__all__ = ["ActuationConfig", "LocalActuation", "actuation_coils", "lane_calls", "lane_phases"]
 
 #: Faster than this a counter increment is a reset (a controller restart), not traffic.
 _MAX_VEH_PER_S = 1.0
@@ -125,6 +127,28 @@ def lane_phases(intersection: Intersection) -> dict[str, dict[int, bool]]:
             {m.id for m in vehicle if m.approach == approach_of.get(lane)}
         out[lane] = {p.number: moves <= set(p.movements) for p in intersection.phases
                      if moves & set(p.movements)}
+    return out
+
+
+def lane_calls(lane_phases: Mapping[str, Mapping[int, bool]],
+               partial_weight: float = 1.0) -> dict[int, dict[str, float]]:
+    """Per phase, the lanes whose vehicles call it and the weight each counts with.
+
+    ``lane_phases`` is, per lane, the phases serving its movements, each with whether it serves
+    all of them (:func:`lane_phases`). A lane counts 1 toward a phase serving all its
+    movements; toward one serving only some of them it counts 0 when another phase serves
+    them all (a left running permissive with the through in one phase and protected in
+    another: every vehicle of the lane goes in the first, so the protected phase is not called
+    by it, and, measured on the RESCO and generated networks, calling it cost more change time
+    than it saved), else ``partial_weight`` (the lane's turn has no other service; detectors
+    cannot tell which way its head turns, so it calls in part).
+    """
+    out: dict[int, dict[str, float]] = {}
+    for lane, phases in lane_phases.items():
+        whole_elsewhere = any(phases.values())
+        for n, whole in phases.items():
+            out.setdefault(n, {})[lane] = 1.0 if whole else \
+                0.0 if whole_elsewhere else partial_weight
     return out
 
 
@@ -196,6 +220,7 @@ class LocalActuation:
         self._force = {phase: name for name, (sig, phase) in self.coils.items()
                        if sig == Signal.PHASE_FORCE_OFF}
         self._lane_phases = lane_phases(x)
+        self._calls_of = lane_calls(self._lane_phases)
         self._calls = detector_phases(x)
         detectors = {d.id: d for d in x.detectors}
         self._loops: dict[str, _Loop] = {}
@@ -304,13 +329,16 @@ class LocalActuation:
             if n in recall or not mine:
                 out[n] = PhaseMeasure(detected=False)
                 continue
-            whole = [lane for lane in mine if self._lane_phases[lane][n]] or mine
-            last = max(lanes[lane].actuated_at for lane in whole)
+            weight = self._calls_of[n]
+            calling = [lane for lane in mine if weight[lane] > 0]
+            whole = [lane for lane in mine if self._lane_phases[lane][n]] or calling
+            last = max((lanes[lane].actuated_at for lane in whole), default=_NEVER)
             discharging = sum(lanes[lane].queue for lane in whole
                               if now - lanes[lane].departed_at <= recent) if n in current else 0.0
-            out[n] = PhaseMeasure(queue=sum(lanes[lane].queue for lane in mine),
+            out[n] = PhaseMeasure(queue=sum(weight[lane] * lanes[lane].queue for lane in mine),
                                   discharging=discharging,
-                                  approaching=sum(lanes[lane].approaching for lane in mine),
+                                  approaching=sum(weight[lane] * lanes[lane].approaching
+                                                  for lane in mine),
                                   gap_s=max(0.0, now - last))
         return out
 

@@ -13,10 +13,12 @@ Registered as ``adaptive`` under the ``tsc_edge.controllers`` entry point; the h
 3. lets each intersection's :class:`~edge_agent.actuation.Actuator` decide inside the bounds of
    its plan, and carries switches out through the driver (which asks the guard again).
 
-A lane counts in full toward a phase that serves every movement leaving it and
-``detection.shared_lane_weight`` toward one that serves only some of them: detectors cannot
-tell whether the head of a shared through/left lane turns, so a protected-turn phase is not
-called (nor kept green by a gap) on the strength of through traffic it cannot serve.
+A lane counts in full toward a phase that serves every movement leaving it. Toward a phase
+that serves only some of them it counts not at all when another phase serves them all (a left
+running permissive with the through: the protected-left phase is not called by the shared
+lane), else ``detection.shared_lane_weight``: detectors cannot tell whether the head of a
+shared through/left lane turns, so a protected-turn phase is not called (nor kept green by a
+gap) on the strength of through traffic it cannot serve.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.actuation import Actuator, Bounds, PhaseMeasure
+from edge_agent.local_actuation import lane_calls
 from edge_agent.model import Turn
 from optimizer.config import AdaptiveConfig, load_adaptive_config
 from optimizer.detectors import Zones
@@ -68,18 +71,18 @@ class AdaptiveController:
                     lanes.setdefault(links[m].from_lane, set()).add(links[m].to_lane)
                 per_phase[p.number] = lanes
             self.phase_lanes[tls] = per_phase
-            # A lane counts in full toward a phase that serves every movement leaving it, and
-            # shared_lane_weight toward one that serves only some (a protected-left phase on
-            # a lane shared with the through: detectors cannot tell which way the head turns).
+            # A lane counts in full toward a phase that serves every movement leaving it, not
+            # at all toward one that serves only some when another serves them all, else
+            # shared_lane_weight (edge_agent.local_actuation.lane_calls, as at the edge).
             moves: dict[str, int] = collections.Counter(
                 links[m.id].from_lane for m in x.movements if m.turn != Turn.PEDESTRIAN)
             served = {p.number: collections.Counter(
                 links[m].from_lane for m in p.movements
                 if x.movement_by_id[m].turn != Turn.PEDESTRIAN) for p in x.phases}
-            self.lane_weight[tls] = {
-                n: {lane: 1.0 if served[n][lane] >= moves[lane]
-                    else config.detection.shared_lane_weight for lane in per_phase[n]}
-                for n in per_phase}
+            self.lane_weight[tls] = lane_calls(
+                {lane: {n: served[n][lane] >= moves[lane]
+                        for n in per_phase if lane in per_phase[n]} for lane in moves},
+                config.detection.shared_lane_weight)
         self.phase_exits = {tls: {n: sorted({o for outs in lanes.values() for o in outs})
                                   for n, lanes in ph.items()}
                             for tls, ph in self.phase_lanes.items()}

@@ -17,7 +17,7 @@ import pytest
 from conftest import CONFIGS
 from edge_agent.actuation import ActuationParams
 from edge_agent.config import load_intersection, load_toml
-from edge_agent.local_actuation import ActuationConfig, LocalActuation, lane_phases
+from edge_agent.local_actuation import ActuationConfig, LocalActuation, lane_calls, lane_phases
 from edge_agent.modbus_core import Reading
 from edge_agent.model import ApproachConfig, Intersection, Movement, Phase, Turn
 from edge_agent.plan import PhaseTiming, TimingPlan
@@ -319,6 +319,16 @@ def test_lanes_belong_to_the_phases_of_their_movements():
     assert lane_phases(x) == {"n0": {1: False, 2: False},  # shared: neither serves it whole
                               "n1": {1: False, 2: False}}  # named by none: its approach's
     assert lane_phases(X)["elm-1st_S_0"] == {2: True}
+
+
+def test_a_lane_calls_the_phases_that_serve_it_whole_and_in_part_only_without_one():
+    calls = lane_calls({"permissive": {1: True, 2: False},  # left with the through, or alone
+                        "shared": {1: False, 2: False},  # through in 1, left only in 2
+                        "turn_bay": {1: True, 2: True}}, partial_weight=0.3)
+    assert calls == {1: {"permissive": 1.0, "shared": 0.3, "turn_bay": 1.0},
+                     2: {"permissive": 0.0, "shared": 0.3, "turn_bay": 1.0}}
+    assert lane_calls({"shared": {1: False, 2: False}}) == {1: {"shared": 1.0},
+                                                            2: {"shared": 1.0}}
 
 
 # --- configuration --------------------------------------------------------------------------

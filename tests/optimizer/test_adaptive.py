@@ -103,27 +103,38 @@ def test_plans_are_checked_explained_and_decisions_logged(tmp_path):
 
 
 @pytest.mark.integration
-def test_shared_lanes_count_in_part_toward_a_protected_turn_phase(resco_dir):
+def test_a_lane_served_whole_does_not_call_its_protected_turn_phase(resco_dir):
     """cologne1: lane 23429231#1_1 carries a through, a left and a u-turn. Phase 1 serves all
-    three (the left permissive), phase 2 only the left and the u-turn (protected)."""
+    three (the left permissive), phase 2 only the left and the u-turn (protected): the lane's
+    vehicles call phase 1 only, and phase 2, called by no lane, is skipped, not recalled."""
     from simulation.controllers import ControllerSpec
     from simulation.run import run_episode
 
     scenario = resco_dir / "cologne1"
     if not scenario.is_dir():
         pytest.skip(f"{scenario} not found")
-    seen = {}
+    seen = {"busy": 0}
 
     class Spy:
         def __call__(self, session):
             seen["c"] = ControllerSpec("adaptive")(session)
-            return seen["c"]
+            return self
 
-    run_episode(scenario, Spy(), seed=0, seconds=10, isolate=False, reuse_libsumo=True)
+        def step(self, time):
+            c = seen["c"]
+            c.step(time)
+            (tls,) = c.lane_weight
+            lane = c.zones.readings["23429231#1_1"]
+            if lane.queue + lane.moving:
+                seen["busy"] += 1
+                measure = c._measures(tls)[2]
+                assert measure.detected and not measure.has_demand
+                assert measure.gap_s == float("inf")
+
+    run_episode(scenario, Spy(), seed=0, seconds=300, isolate=False, reuse_libsumo=True)
     c = seen["c"]
-    weight = c.config.detection.shared_lane_weight
-    assert 0 < weight < 1
     (tls,) = c.lane_weight
     assert c.lane_weight[tls][1]["23429231#1_1"] == 1.0
-    assert c.lane_weight[tls][2]["23429231#1_1"] == weight
+    assert c.lane_weight[tls][2]["23429231#1_1"] == 0.0
     assert c.lane_weight[tls][1]["23429231#1_0"] == 1.0  # right + through, both in phase 1
+    assert seen["busy"] > 30  # the lane carried traffic for a good part of the run
