@@ -183,7 +183,10 @@ class Aggregator:
         self._first = math.ceil(start / interval)  # first interval reported (a whole one)
         self._buffers: dict[int, list[Reading]] = {}
         self._tracks = {d.id: _Track() for d in intersection.detectors}
-        self._lanes = list(dict.fromkeys(d.lane for d in intersection.detectors))
+        # Exit detectors watch departure lanes for spillback (local actuation): no lane's
+        # traffic is measured there.
+        self._lanes = list(dict.fromkeys(d.lane for d in intersection.detectors
+                                         if d.kind != DetectorKind.EXIT))
         self._seq = next_seq
         #: Readings that came after their interval was closed (dropped: it was already sent).
         self.late_readings = 0

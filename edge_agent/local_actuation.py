@@ -19,6 +19,11 @@ What the registers say, per poll:
 * ``detector.presence`` (else ``detector.occupancy`` > 0): a vehicle on the loop now, an
   actuation at the time of the read; on a stop bar, a vehicle waiting (one queued vehicle).
 * ``queue.length``: halting vehicles on the lane, at ``jam_spacing_m`` each.
+* presence (or occupancy) of an ``exit`` detector: held without a break for ``spillback_s``,
+  its departure lane is full back to the intersection. A movement all of whose exit detectors
+  are full is blocked, and so is a lane all of whose movements are: it neither calls nor
+  extends, and a phase whose demand is all on blocked lanes is ended (``blocked``). A stale or
+  failed exit detector is never read as full.
 
 Lanes map to phases through the intersection model (the phases serving a lane's vehicle
 movements, its approach's where no movement names the lane). Per phase this gives a
@@ -62,11 +67,12 @@ from edge_agent.actuation import (
 from edge_agent.detector_health import detector_phases
 from edge_agent.modbus_core import Reading as RegisterReading
 from edge_agent.modbus_core import counter_modulus
-from edge_agent.model import Contract, DetectorKind, Intersection, Turn
+from edge_agent.model import Contract, DetectorKind, Intersection, Turn, require_finite
 from edge_agent.plan import TimingPlan
 from edge_agent.registers import Access, RegisterMap, Signal
 
-__all__ = ["ActuationConfig", "LocalActuation", "actuation_coils", "lane_calls", "lane_phases"]
+__all__ = ["ActuationConfig", "LocalActuation", "actuation_coils", "lane_calls",
+           "lane_movements", "lane_phases"]
 
 #: Faster than this a counter increment is a reset (a controller restart), not traffic.
 _MAX_VEH_PER_S = 1.0
@@ -77,7 +83,8 @@ class ActuationConfig(Contract, kw_only=True):
     """The agent file's ``[actuation]`` table.
 
     ``enabled``: run local actuation (default: when the register map has ``phase.hold`` or
-    ``phase.force_off`` coils). The other keys are :class:`~edge_agent.actuation.ActuationParams`
+    ``phase.force_off`` coils). ``spillback_s``: an exit detector occupied this long without a
+    break reads as a full departure lane. The other keys are :class:`~edge_agent.actuation.ActuationParams`
     fields; a key left out keeps that class's default, except that ``passage_min_s`` left out
     is capped at a shorter ``passage_s`` (the default would otherwise refuse it).
     """
@@ -93,15 +100,17 @@ class ActuationConfig(Contract, kw_only=True):
     pressure_weight: float | None = None
     wait_weight: float | None = None
     preempt_wait_s: float | None = None
+    spillback_s: float = 3.0
 
     def __post_init__(self) -> None:
         self.params  # noqa: B018 - builds ActuationParams: its ValueError names the key
+        require_finite(self.spillback_s, "actuation.spillback_s", minimum=0.0)
 
     @property
     def params(self) -> ActuationParams:
         """The Actuator's parameters (ValueError naming ``actuation.<key>`` if out of range)."""
         given = {name: getattr(self, name) for name in self.__struct_fields__
-                 if name != "enabled" and getattr(self, name) is not None}
+                 if name not in ("enabled", "spillback_s") and getattr(self, name) is not None}
         if "passage_s" in given and "passage_min_s" not in given:
             given["passage_min_s"] = min(given["passage_s"], ActuationParams().passage_min_s)
         return ActuationParams(**given)
@@ -114,20 +123,25 @@ def actuation_coils(regmap: RegisterMap) -> dict[str, tuple[Signal, int]]:
             if r.signal in wanted and r.access == Access.WRITE and r.phase is not None}
 
 
-def lane_phases(intersection: Intersection) -> dict[str, dict[int, bool]]:
-    """Per lane, the phases serving its vehicle movements, each with whether it serves all of
-    them (a lane no movement names belongs to its approach's movements)."""
+def lane_movements(intersection: Intersection) -> dict[str, frozenset[str]]:
+    """Per approach lane (and lane of a detector other than an exit detector), the vehicle
+    movements leaving it (a lane no movement names carries its approach's movements)."""
     approach_of = {lane: a.id for a in intersection.approaches for lane in a.lanes}
     vehicle = [m for m in intersection.movements if m.turn != Turn.PEDESTRIAN]
     lanes = dict.fromkeys([*approach_of, *(lane for m in vehicle for lane in m.lanes),
-                           *(d.lane for d in intersection.detectors)])
-    out: dict[str, dict[int, bool]] = {}
-    for lane in lanes:
-        moves = {m.id for m in vehicle if lane in m.lanes} or \
-            {m.id for m in vehicle if m.approach == approach_of.get(lane)}
-        out[lane] = {p.number: moves <= set(p.movements) for p in intersection.phases
-                     if moves & set(p.movements)}
-    return out
+                           *(d.lane for d in intersection.detectors
+                             if d.kind != DetectorKind.EXIT)])
+    return {lane: frozenset({m.id for m in vehicle if lane in m.lanes} or
+                            {m.id for m in vehicle if m.approach == approach_of.get(lane)})
+            for lane in lanes}
+
+
+def lane_phases(intersection: Intersection) -> dict[str, dict[int, bool]]:
+    """Per lane, the phases serving its vehicle movements, each with whether it serves all of
+    them (a lane no movement names belongs to its approach's movements)."""
+    return {lane: {p.number: moves <= set(p.movements) for p in intersection.phases
+                   if moves & set(p.movements)}
+            for lane, moves in lane_movements(intersection).items()}
 
 
 def lane_calls(lane_phases: Mapping[str, Mapping[int, bool]],
@@ -186,6 +200,18 @@ class _Ring:
 
 
 @dataclass(slots=True)
+class _Exit:
+    """An exit detector: its presence (or occupancy) register and since when it is occupied
+    without a break (None: free, or not known)."""
+
+    id: str
+    movements: frozenset[str]
+    presence: str | None = None
+    occupancy: str | None = None
+    occupied_since: float | None = None
+
+
+@dataclass(slots=True)
 class _Lane:
     """One lane at one poll."""
 
@@ -209,6 +235,7 @@ class LocalActuation:
     params: ActuationParams = field(default_factory=ActuationParams)
     jam_spacing_m: float = 7.5
     poll_period_s: float = 1.0
+    spillback_s: float = 3.0
     #: The last decision of any ring (None before the first).
     last: Decision | None = field(default=None, init=False)
 
@@ -219,8 +246,10 @@ class LocalActuation:
                       if sig == Signal.PHASE_HOLD}
         self._force = {phase: name for name, (sig, phase) in self.coils.items()
                        if sig == Signal.PHASE_FORCE_OFF}
+        self._lane_moves = lane_movements(x)
         self._lane_phases = lane_phases(x)
         self._calls_of = lane_calls(self._lane_phases)
+        self._exits: dict[str, _Exit] = {}
         self._calls = detector_phases(x)
         detectors = {d.id: d for d in x.detectors}
         self._loops: dict[str, _Loop] = {}
@@ -235,6 +264,13 @@ class LocalActuation:
             d = detectors.get(reg.detector or "")
             if d is None or reg.signal not in (Signal.DETECTOR_COUNT, Signal.DETECTOR_PRESENCE,
                                                Signal.DETECTOR_OCCUPANCY):
+                continue
+            if d.kind == DetectorKind.EXIT:  # standing traffic, not counts, tells spillback
+                exit_ = self._exits.setdefault(d.id, _Exit(d.id, frozenset(d.movements)))
+                if reg.signal == Signal.DETECTOR_PRESENCE:
+                    exit_.presence = reg.name
+                elif reg.signal == Signal.DETECTOR_OCCUPANCY:
+                    exit_.occupancy = reg.name
                 continue
             loop = self._loops.setdefault(d.id, _Loop(d.id, d.lane,
                                                       d.kind == DetectorKind.STOP_BAR))
@@ -272,6 +308,12 @@ class LocalActuation:
         self._snapshot = snapshot
         for loop in self._loops.values():
             self._observe_loop(loop)
+        for exit_ in self._exits.values():
+            r = self._fresh(exit_.presence) or self._fresh(exit_.occupancy)
+            if r is None or r.value is None or r.read_at is None or r.value <= 0:
+                exit_.occupied_since = None  # free, or not known: never read as full
+            elif exit_.occupied_since is None:
+                exit_.occupied_since = r.read_at
         for ring in self._rings:
             r = self._fresh(ring.register)
             phase = int(r.value) if r is not None and r.value is not None else None
@@ -321,6 +363,7 @@ class LocalActuation:
         failed = frozenset(failed)
         recall = {p for d in failed for p in self._calls.get(d, ())}
         lanes = self._lanes(failed)
+        jammed = self._jammed(now, lanes, failed)
         recent = self.params.passage_s + self.poll_period_s
         out: dict[int, PhaseMeasure] = {}
         for p in self.intersection.phases:
@@ -330,17 +373,44 @@ class LocalActuation:
                 out[n] = PhaseMeasure(detected=False)
                 continue
             weight = self._calls_of[n]
-            calling = [lane for lane in mine if weight[lane] > 0]
-            whole = [lane for lane in mine if self._lane_phases[lane][n]] or calling
+            demand = [lane for lane in mine if weight[lane] > 0 and
+                      (lanes[lane].queue > 0 or lanes[lane].approaching > 0)]
+            # A lane whose every movement leads into a full exit moves nobody: no call, and
+            # a phase all of whose demand is such lanes is blocked (ended, never chosen).
+            free = [lane for lane in mine if lane not in jammed]
+            calling = [lane for lane in free if weight[lane] > 0]
+            whole = [lane for lane in free if self._lane_phases[lane][n]] or calling
             last = max((lanes[lane].actuated_at for lane in whole), default=_NEVER)
             discharging = sum(lanes[lane].queue for lane in whole
                               if now - lanes[lane].departed_at <= recent) if n in current else 0.0
-            out[n] = PhaseMeasure(queue=sum(weight[lane] * lanes[lane].queue for lane in mine),
+            out[n] = PhaseMeasure(queue=sum(weight[lane] * lanes[lane].queue for lane in free),
                                   discharging=discharging,
                                   approaching=sum(weight[lane] * lanes[lane].approaching
-                                                  for lane in mine),
-                                  gap_s=max(0.0, now - last))
+                                                  for lane in free),
+                                  gap_s=max(0.0, now - last),
+                                  blocked=bool(demand) and all(lane in jammed for lane in demand))
         return out
+
+    def full_exits(self, now: float, failed: Collection[str] = frozenset()) -> set[str]:
+        """The exit detectors occupied without a break for ``spillback_s`` or longer (a failed
+        one is never full: unknown is not read as spillback)."""
+        return {e.id for e in self._exits.values() if e.id not in failed and
+                e.occupied_since is not None and now - e.occupied_since >= self.spillback_s}
+
+    def _jammed(self, now: float, lanes: Mapping[str, _Lane],
+                failed: Collection[str]) -> set[str]:
+        """Lanes all of whose movements discharge only into full exits."""
+        if not self._exits:
+            return set()
+        full = self.full_exits(now, failed)
+        watched: dict[str, list[str]] = {}
+        for e in self._exits.values():
+            if e.id not in failed:
+                for m in e.movements:
+                    watched.setdefault(m, []).append(e.id)
+        blocked = {m for m, ids in watched.items() if all(i in full for i in ids)}
+        return {lane for lane in lanes
+                if self._lane_moves.get(lane) and self._lane_moves[lane] <= blocked}
 
     def _lanes(self, failed: frozenset[str]) -> dict[str, _Lane]:
         """Every lane with a usable register, from its working detectors."""

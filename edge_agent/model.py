@@ -118,6 +118,7 @@ class DetectorKind(str, enum.Enum):
     ADVANCE = "advance"  # count/speed loop upstream, used for gap-out and arrivals
     QUEUE = "queue"  # lane-area detector (camera/radar zone) measuring queue length
     SPEED = "speed"  # per-lane spot speed
+    EXIT = "exit"  # presence loop on a departure lane, watched for spillback (its movements)
 
 
 class ClearancePolicy(str, enum.Enum):
@@ -174,18 +175,34 @@ class Movement(Contract, kw_only=True):
 
 
 class Detector(Contract, kw_only=True):
-    """A detector on a lane: ``position_m`` is its distance upstream of the stop line."""
+    """A detector on a lane: ``position_m`` is its distance upstream of the stop line.
+
+    An ``exit`` detector sits on a departure lane instead, ``position_m`` downstream of the
+    intersection, and names the ``movements`` that discharge over it: a vehicle standing on it
+    means that lane is full back to the intersection (spillback), and those movements are not
+    given green into it. Only exit detectors name movements, and every one must.
+    """
 
     id: Ident
     kind: DetectorKind
     lane: Ident
     position_m: float = 0.0
     length_m: float = 2.0
+    movements: tuple[Ident, ...] = ()
 
     def __post_init__(self) -> None:
         require_ident(self.id, "detector.id")
         coerce_enum(self, "kind", DetectorKind, f"detector {self.id}.kind")
         require_ident(self.lane, f"detector {self.id}.lane")
+        if self.kind == DetectorKind.EXIT:
+            require(len(self.movements) > 0, f"detector {self.id}.movements",
+                    "an exit detector must name the movements that discharge over it")
+        else:
+            require(not self.movements, f"detector {self.id}.movements",
+                    f"only exit detectors name movements (this one is {self.kind.value})")
+        for m in self.movements:
+            require_ident(m, f"detector {self.id}.movements")
+        require_unique(list(self.movements), f"detector {self.id}.movements")
         require_finite(self.position_m, f"detector {self.id}.position_m", minimum=0.0)
         require_finite(self.length_m, f"detector {self.id}.length_m", minimum=0.0)
         require(self.length_m > 0.0, f"detector {self.id}.length_m", "must be > 0")
@@ -279,7 +296,16 @@ class Intersection(Contract, kw_only=True, dict=True):
                 require(mid in movement_ids, f"{where}.conflicts", f"unknown movement {mid!r}")
             require(a != b, f"{where}.conflicts", f"movement {a!r} cannot conflict with itself")
         lanes = {lane for a in self.approaches for lane in a.lanes}
+        vehicle_ids = {m.id for m in self.movements if m.turn != Turn.PEDESTRIAN}
         for d in self.detectors:
+            if d.kind == DetectorKind.EXIT:  # on a departure lane: not an approach's
+                require(d.lane not in lanes, f"{where}.detectors.{d.id}.lane",
+                        f"an exit detector sits on a departure lane, {d.lane!r} is an "
+                        f"approach lane")
+                for mid in d.movements:
+                    require(mid in vehicle_ids, f"{where}.detectors.{d.id}.movements",
+                            f"unknown vehicle movement {mid!r}")
+                continue
             require(not lanes or d.lane in lanes, f"{where}.detectors.{d.id}.lane",
                     f"unknown lane {d.lane!r}")
         for p in self.phases:

@@ -173,7 +173,8 @@ class EdgeRuntime:
             x, regmap, controller,
             LocalActuation(x, regmap, config.actuation_params,
                            jam_spacing_m=aggregation.jam_spacing_m,
-                           poll_period_s=self.poll_period),
+                           poll_period_s=self.poll_period,
+                           spillback_s=config.file.actuation.spillback_s),
             actuation_enabled=config.actuation_enabled, write_log=self._logs["write"],
             stats=self.stats)
 

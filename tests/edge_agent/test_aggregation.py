@@ -14,6 +14,7 @@ from edge_agent.aggregation import (
 )
 from edge_agent.config import load_intersection
 from edge_agent.messages import LaneMeasurement, Measurement, decode, encode
+from edge_agent.model import Detector
 
 from conftest import CONFIGS
 
@@ -82,6 +83,16 @@ def test_event_counts_add_up() -> None:
          r("N_0_stop", 30, Q.VEHICLES, 2), r("N_0_stop", 59.99, Q.VEHICLES, 0))
     (m,) = a.close(T + 60)
     assert lane(m, "N_0").count == 4 and lane(m, "N_0").flow_vph == 240.0
+
+
+def test_exit_detectors_measure_no_lane() -> None:
+    exits = msgspec.structs.replace(NEMA8, detectors=(*NEMA8.detectors, Detector(
+        id="N_out_0", kind="exit", lane="N_out_0", position_m=15.0,
+        movements=(NEMA8.movements[0].id,))))
+    a = Aggregator(SITE, exits, AggregationConfig(), start=T)
+    feed(a, r("N_out_0", 1, Q.PRESENCE, 1), r("N_0_stop", 1, Q.VEHICLES, 2))
+    (m,) = a.close(T + 60)
+    assert "N_out_0" not in {x.lane for x in m.lanes} and lane(m, "N_0").count == 2
 
 
 def test_counts_come_from_one_detector_per_lane_stop_bar_first() -> None:

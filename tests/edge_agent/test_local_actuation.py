@@ -19,7 +19,9 @@ from edge_agent.actuation import ActuationParams
 from edge_agent.config import load_intersection, load_toml
 from edge_agent.local_actuation import ActuationConfig, LocalActuation, lane_calls, lane_phases
 from edge_agent.modbus_core import Reading
-from edge_agent.model import ApproachConfig, Intersection, Movement, Phase, Turn
+from edge_agent.model import (
+    ApproachConfig, Detector, DetectorKind, Intersection, Movement, Phase, Turn,
+)
 from edge_agent.plan import PhaseTiming, TimingPlan
 from edge_agent.registers import Register, RegisterMap, Signal
 
@@ -44,12 +46,12 @@ class Cabinet:
     """Register values as a poll returns them, and the actuation they feed; time moves a
     second a poll unless told."""
 
-    def __init__(self, regmap: RegisterMap = MAP, **params: float) -> None:
+    def __init__(self, regmap: RegisterMap = MAP, x: Intersection = X, **params: float) -> None:
         self.regmap = regmap
         self.values: dict[str, float] = {r.name: 0.0 for r in regmap.registers}
         self.stale: set[str] = set()
         self.t = 1000.0
-        self.act = LocalActuation(X, regmap, ActuationParams(**params), poll_period_s=1.0)
+        self.act = LocalActuation(x, regmap, ActuationParams(**params), poll_period_s=1.0)
 
     def snapshot(self) -> dict[str, Reading]:
         return {n: Reading(n, v, self.t, 3 if n in self.stale else 0, n in self.stale)
@@ -262,6 +264,86 @@ def test_a_failed_queue_detector_drops_its_queue():
     assert cab.act.measures(cab.t, {"elm-1st_S_queue"})[2].queue == 0.0
 
 
+# --- spillback: exit detectors ----------------------------------------------------------------
+# NB (phase 2) leaves over two exit lanes on the north leg, each with a presence loop; the first
+# also has an occupancy register.
+X_EXITS = msgspec.structs.replace(X, detectors=(
+    *X.detectors,
+    Detector(id="N_out_0", kind=DetectorKind.EXIT, lane="elm-1st_N_out_0", position_m=20.0,
+             movements=("NB",)),
+    Detector(id="N_out_1", kind=DetectorKind.EXIT, lane="elm-1st_N_out_1", position_m=20.0,
+             movements=("NB",))))
+MAP_EXITS = msgspec.structs.replace(MAP, registers=(
+    *MAP.registers,
+    Register(name="exit_0", table="discrete", address=20, type="bool",
+             signal="detector.presence", detector="N_out_0"),
+    Register(name="exit_0_occ", table="input", address=60, type="uint16", scale=0.01,
+             signal="detector.occupancy", detector="N_out_0"),
+    Register(name="exit_1", table="discrete", address=21, type="bool",
+             signal="detector.presence", detector="N_out_1")))
+
+
+def test_a_full_exit_ends_the_green_that_feeds_it_and_keeps_it_from_being_chosen():
+    cab = Cabinet(MAP_EXITS, X_EXITS)
+    started(cab, presence_5=1)  # a car waits on phase 4
+    for _ in range(8):  # cars keep coming on NB: past min green it is extended
+        cab.car("count_0")
+        cab.poll()
+    assert "extended" in cab.decision()
+    cab.car("count_0")
+    cab.poll(exit_0=1, exit_1=1, presence_0=1)  # exits occupied: not yet spillback (a car
+    # passing); a car stands at the stop bar
+    for _ in range(2):
+        cab.car("count_0")
+        cab.poll()
+        assert "extended" in cab.decision()
+    cab.car("count_0")
+    writes = cab.poll()  # occupied 3 s without a break: full
+    assert writes == {"hold_2": False, "force_off_2": True}
+    assert "exit blocked (spillback) -> phase 4" in cab.decision()
+    assert cab.act.full_exits(cab.t) == {"N_out_0", "N_out_1"}
+    m = cab.act.measures(cab.t)
+    assert m[2].blocked and m[2].queue == 0 and m[2].approaching == 0
+    assert not m[4].blocked
+
+    # Phase 4 green; NB still calls but its exits are full: phase 4 rests, not forced off.
+    cab.poll(phase_ring1=4, presence_5=0)
+    for _ in range(10):
+        cab.car("count_0")
+        assert "force_off_4" not in cab.poll()
+    assert "rests in green" in cab.decision()
+    cab.car("count_0")
+    writes = cab.poll(exit_1=0)  # one exit lane clears: NB can leave over it
+    assert not cab.act.measures(cab.t)[2].blocked
+    assert writes["force_off_4"] is True and "-> phase 2" in cab.decision()
+
+
+def test_an_exit_counts_full_only_while_read_occupied_and_working():
+    cab = Cabinet(MAP_EXITS, X_EXITS)
+    cab.poll(phase_ring1=2, exit_0=1, exit_1=1)
+    for _ in range(3):
+        cab.poll()
+    assert cab.act.full_exits(cab.t) == {"N_out_0", "N_out_1"}
+    assert cab.act.full_exits(cab.t, {"N_out_1"}) == {"N_out_0"}  # a failed one: not known
+    assert not cab.act.measures(cab.t, {"N_out_1"})[2].blocked
+    cab.stale.add("exit_1")  # a stale read is not believed either: the clock starts again
+    cab.poll()
+    cab.stale.clear()
+    cab.poll()
+    assert cab.act.full_exits(cab.t) == {"N_out_0"}
+    cab.stale.add("exit_0")  # presence unreadable: occupancy stands in for it
+    cab.poll(exit_0_occ=0.4)
+    assert cab.act.full_exits(cab.t) == {"N_out_0"}
+    cab.poll(exit_0_occ=0.0)
+    assert "N_out_0" not in cab.act.full_exits(cab.t)
+
+
+def test_exit_detectors_are_not_lanes_of_traffic():
+    act = LocalActuation(X_EXITS, MAP_EXITS)
+    assert "elm-1st_N_out_0" not in lane_phases(X_EXITS)
+    assert act.spillback_s == 3.0 and not LocalActuation(X, MAP)._exits
+
+
 # --- readings -------------------------------------------------------------------------------
 def test_counters_wrap_and_a_reset_is_no_traffic():
     cab = Cabinet()
@@ -332,6 +414,13 @@ def test_a_lane_calls_the_phases_that_serve_it_whole_and_in_part_only_without_on
 
 
 # --- configuration --------------------------------------------------------------------------
+def test_the_config_table_sets_how_long_an_exit_must_stand_occupied():
+    assert ActuationConfig().spillback_s == 3.0
+    assert ActuationConfig(spillback_s=5.0).params == ActuationParams()
+    with pytest.raises(ValueError, match="actuation.spillback_s"):
+        ActuationConfig(spillback_s=-1.0)
+
+
 def test_the_config_table_gives_the_actuators_parameters():
     assert ActuationConfig().params == ActuationParams()
     assert ActuationConfig().enabled is None

@@ -208,6 +208,12 @@ def movements_with(**replace: Movement) -> tuple[Movement, ...]:
      named("intersection x-1.conflicts") + "movement 'NB' cannot conflict with itself"),
     ({"detectors": (Detector(id="d", kind="queue", lane="Z_9"),)},
      named("intersection x-1.detectors.d.lane") + "unknown lane 'Z_9'"),
+    ({"detectors": (Detector(id="d", kind="exit", lane="S_0", movements=("SB",)),)},
+     named("intersection x-1.detectors.d.lane") + "an exit detector sits on a departure lane"),
+    ({"detectors": (Detector(id="d", kind="exit", lane="N_out", movements=("XB",)),)},
+     named("intersection x-1.detectors.d.movements") + "unknown vehicle movement 'XB'"),
+    ({"detectors": (Detector(id="d", kind="exit", lane="N_out", movements=("P_NS",)),)},
+     named("intersection x-1.detectors.d.movements") + "unknown vehicle movement 'P_NS'"),
     ({"phases": (phase(2, ("NB", "EB")),) + crossing_fields()["phases"][1:]},
      named("intersection x-1.phases.2") + "serves conflicting movements 'NB' and 'EB'"),
     ({"cycle_min": 0.5}, named("intersection x-1.cycle_min") + "must be >= 1"),
@@ -243,6 +249,18 @@ def test_bad_ring_structures_are_rejected(rings: Any, expected: str) -> None:
 def test_a_single_ring_sequence_is_the_degenerate_case() -> None:
     x = crossing(rings=(((2, 4, 6, 8),),))
     assert [x.phase_location(n) for n in (2, 4, 6, 8)] == [(0, 0)] * 4
+
+
+def test_an_exit_detector_names_the_movements_discharging_over_it() -> None:
+    x = crossing(detectors=(Detector(id="N_out_0", kind="exit", lane="N_out_0",
+                                     position_m=15.0, movements=("NB",)),))
+    assert x.detectors[0].kind is DetectorKind.EXIT and x.detectors[0].movements == ("NB",)
+    with pytest.raises(ValueError, match="must name the movements"):
+        Detector(id="e", kind="exit", lane="N_out_0")
+    with pytest.raises(ValueError, match="only exit detectors name movements"):
+        Detector(id="q", kind="queue", lane="S_0", movements=("NB",))
+    with pytest.raises(ValueError, match="duplicate id 'NB'"):
+        Detector(id="e", kind="exit", lane="N_out_0", movements=("NB", "NB"))
 
 
 def test_detectors_need_no_lane_list_when_approaches_have_none() -> None:

@@ -739,6 +739,15 @@ def test_coil_writes_that_fail_are_retried_and_said_once(tmp_path, caplog):
     assert len([r for r in caplog.records if "local actuation stopped" in r.getMessage()]) == 1
 
 
+def test_the_agent_file_sets_how_long_an_exit_must_stand_occupied(tmp_path):
+    path = agent_file(tmp_path)
+    path.write_text(path.read_text().replace("spillback_s = 3.0", "spillback_s = 5.0"))
+    config = load_agent_config(path)
+    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
+                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    assert rt.actuation.spillback_s == 5.0
+
+
 def test_a_map_without_coils_runs_no_actuation_and_says_so(tmp_path, caplog):
     path = agent_file(tmp_path)
     regmap = path.parent / "modbus-elm-1st.toml"
