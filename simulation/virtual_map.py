@@ -30,10 +30,12 @@ from edge_agent.registers import (Access, DataType, DeviceSettings, Register, Re
                                   Signal, Table, Transport)
 from simulation.site_toml import toml_value
 
-__all__ = ["LOOP_KINDS", "register_map_for", "register_map_toml", "write_register_map"]
+__all__ = ["INDUCTION_KINDS", "LOOP_KINDS", "register_map_for", "register_map_toml", "write_register_map"]
 
 #: Detector kinds served by an induction loop (the others, queue zones, by a lane-area detector)
 LOOP_KINDS = (DetectorKind.STOP_BAR, DetectorKind.ADVANCE, DetectorKind.SPEED)
+#: ... and exit detectors (spillback), whose loops sit downstream on a departure lane
+INDUCTION_KINDS = (*LOOP_KINDS, DetectorKind.EXIT)
 _SPEED_KINDS = (DetectorKind.ADVANCE, DetectorKind.SPEED)
 
 
@@ -62,6 +64,10 @@ def register_map_for(intersection: Intersection, *, device: DeviceSettings | Non
         add(f"count_{i}", Table.INPUT, Signal.DETECTOR_COUNT, detector=d.id, unit="veh")
     for i, d in enumerate(loops):
         add(f"occupancy_{i}", Table.INPUT, Signal.DETECTOR_OCCUPANCY, detector=d.id, scale=0.001)
+    exits = [d for d in intersection.detectors if d.kind == DetectorKind.EXIT]
+    for i, d in enumerate(exits):
+        add(f"exit_occupancy_{i}", Table.INPUT, Signal.DETECTOR_OCCUPANCY, detector=d.id,
+            scale=0.001)
     for i, d in enumerate(d for d in loops if d.kind in _SPEED_KINDS):
         add(f"speed_{i}", Table.INPUT, Signal.DETECTOR_SPEED, detector=d.id, scale=0.01,
             unit="m/s")
@@ -75,6 +81,9 @@ def register_map_for(intersection: Intersection, *, device: DeviceSettings | Non
     add("alarms", Table.INPUT, Signal.CONTROLLER_ALARM)
     for i, d in enumerate(loops):
         add(f"presence_{i}", Table.DISCRETE, Signal.DETECTOR_PRESENCE, type_=DataType.BOOL,
+            detector=d.id)
+    for i, d in enumerate(exits):
+        add(f"exit_presence_{i}", Table.DISCRETE, Signal.DETECTOR_PRESENCE, type_=DataType.BOOL,
             detector=d.id)
 
     w = Access.WRITE

@@ -49,7 +49,7 @@ from simulation.signal_driver import SignalDriver, guarded_clearance
 from simulation.sumo_session import SumoSession
 from simulation.virtual_bank import RegisterBank
 from simulation.virtual_logic import ControllerLogic, PlanExecutor
-from simulation.virtual_map import LOOP_KINDS
+from simulation.virtual_map import INDUCTION_KINDS
 
 __all__ = ["SumoIntersection", "detectors_xml", "session_with_additional"]
 
@@ -61,14 +61,18 @@ def detectors_xml(detectors: list[tuple[Detector, str, float]]) -> str:
     """An ``<additional>`` file with a detector per (detector, SUMO lane, lane length).
 
     Loops sit at the middle of the detector's zone (``position_m`` upstream of the stop line,
-    ``length_m`` long); lane-area detectors cover the zone. Outputs go to the null device.
+    ``length_m`` long; an exit detector's zone starts ``position_m`` from the start of its
+    departure lane); lane-area detectors cover the zone. Outputs go to the null device.
     """
     out = ["<additional>"]
     null = quoteattr(os.devnull)
     for d, lane, length in detectors:
         end = max(0.0, length - d.position_m)
         start = max(0.0, end - d.length_m)
-        if d.kind in LOOP_KINDS:
+        if d.kind == DetectorKind.EXIT:
+            start = min(d.position_m, length)
+            end = min(start + d.length_m, length)
+        if d.kind in INDUCTION_KINDS:
             out.append(f'    <inductionLoop id={quoteattr(d.id)} lane={quoteattr(lane)} '
                        f'pos="{(start + end) / 2:.2f}" period="3600" file={null} '
                        f'friendlyPos="true"/>')
@@ -237,7 +241,8 @@ class SumoIntersection:
         lanes = read_net(self.scenario.net_file).lanes
         rows = []
         for d in self.detectors:
-            lane = self.imported.lanes[d.lane]
+            # An exit lane leaving the network is no approach of any light: its SUMO id.
+            lane = self.imported.lanes.get(d.lane, d.lane)
             rows.append((d, lane, lanes[lane].length))
         path = folder / "tsc-vc-detectors.add.xml"
         path.write_text(detectors_xml(rows), encoding="utf-8")
@@ -271,7 +276,7 @@ class SumoIntersection:
                                    start_phase=start, step_length=step)
         self.executor = PlanExecutor(self.driver, self.fallback)
         window = max(1, round(self.occupancy_window_s / step))
-        self._dets = {d.id: _Detector(conn.inductionloop if d.kind in LOOP_KINDS
+        self._dets = {d.id: _Detector(conn.inductionloop if d.kind in INDUCTION_KINDS
                                       else conn.lanearea, d.id, window) for d in self.detectors}
 
     def control(self, now: float) -> TimingPlan | None:

@@ -297,6 +297,14 @@ def test_detector_file_places_loops_and_zones():
     assert '<laneAreaDetector id="n0_q" lane="n0" pos="20.00" endPos="100.00"' in xml
 
 
+def test_an_exit_loop_sits_downstream_on_its_departure_lane():
+    d = Detector(id="x_out", kind="exit", lane="out0", position_m=10.0, length_m=2.0,
+                 movements=("m",))
+    assert '<inductionLoop id="x_out" lane="out0" pos="11.00"' in detectors_xml([(d, "out0",
+                                                                                 100.0)])
+    assert 'pos="4.50"' in detectors_xml([(d, "out0", 4.5)])  # on a short lane: its end
+
+
 def test_serve_needs_a_map_or_a_scenario(elm_map, elm):
     with pytest.raises(ValueError, match="register map"):
         serve()
@@ -492,3 +500,44 @@ def test_in_memory_command_line_serves_until_interrupted(configs_dir, capsys):
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert "in-memory bank) on 127.0.0.1:" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_sumo_controller_serves_exit_detectors_for_spillback(corridor):
+    """A0's departure lanes toward B0 carry exit loops 10 m downstream; the virtual controller
+    serves their presence and occupancy, and local actuation reads them over Modbus."""
+    from edge_agent.local_actuation import LocalActuation
+    from simulation.net_import import import_net
+    from simulation.scenario import load_scenario
+
+    imported = import_net(load_scenario(corridor).net_file)
+    x = imported.intersections["A0"]
+    into = {lane: tuple(m for m, ref in imported.links["A0"].items() if ref.to_lane == lane)
+            for lane in ("A0B0_0", "A0B0_1")}
+    x = msgspec.structs.replace(x, detectors=(*x.detectors, *(
+        Detector(id=f"exit_{lane}", kind="exit", lane=lane, position_m=10.0,
+                 movements=into[lane]) for lane in into)))
+    imported.intersections["A0"] = x
+    regmap = register_map_for(x)
+    assert [r.name for r in regmap.registers if r.name.startswith("exit_")] == [
+        "exit_occupancy_0", "exit_occupancy_1", "exit_presence_0", "exit_presence_1"]
+    vc = VirtualController(regmap, scenario=corridor, imported=imported, tls_id="A0",
+                           speed=60.0, watchdog_timeout_s=60.0).start()
+    link = fast_link(vc)
+    act = LocalActuation(x, link.regmap, poll_period_s=0.2)
+    seen = 0.0
+    try:
+        end = vc.sim.sim_time + 300
+        while vc.sim.sim_time < end and not seen:
+            link.poll_now()
+            act.observe(link.readings())
+            seen = max(link.value("exit_occupancy_0"), link.value("exit_occupancy_1"),
+                       link.value("exit_presence_0"), link.value("exit_presence_1"))
+            time.sleep(0.05)
+        assert seen > 0  # platoons from A0 pass the loops
+        assert all(0.0 <= link.value(f"exit_occupancy_{i}") <= 1.0 for i in (0, 1))
+        assert act._exits.keys() == {"exit_A0B0_0", "exit_A0B0_1"}
+        assert vc.sim.error is None
+    finally:
+        link.stop()
+        vc.stop()
