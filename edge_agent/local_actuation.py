@@ -84,9 +84,10 @@ class ActuationConfig(Contract, kw_only=True):
 
     ``enabled``: run local actuation (default: when the register map has ``phase.hold`` or
     ``phase.force_off`` coils). ``spillback_s``: an exit detector occupied this long without a
-    break reads as a full departure lane. The other keys are :class:`~edge_agent.actuation.ActuationParams`
-    fields; a key left out keeps that class's default, except that ``passage_min_s`` left out
-    is capped at a shorter ``passage_s`` (the default would otherwise refuse it).
+    break reads as a full departure lane. The other keys are
+    :class:`~edge_agent.actuation.ActuationParams` fields; a key left out keeps that class's
+    default, except that ``passage_min_s`` left out is capped at a shorter ``passage_s`` (the
+    default would otherwise refuse it).
     """
 
     enabled: bool | None = None

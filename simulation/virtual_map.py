@@ -30,7 +30,8 @@ from edge_agent.registers import (Access, DataType, DeviceSettings, Register, Re
                                   Signal, Table, Transport)
 from simulation.site_toml import toml_value
 
-__all__ = ["INDUCTION_KINDS", "LOOP_KINDS", "register_map_for", "register_map_toml", "write_register_map"]
+__all__ = ["INDUCTION_KINDS", "LOOP_KINDS", "register_map_for", "register_map_toml",
+           "write_register_map"]
 
 #: Detector kinds served by an induction loop (the others, queue zones, by a lane-area detector)
 LOOP_KINDS = (DetectorKind.STOP_BAR, DetectorKind.ADVANCE, DetectorKind.SPEED)
