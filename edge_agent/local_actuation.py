@@ -23,7 +23,7 @@ What the registers say, per poll:
   its departure lane is full back to the intersection. A movement all of whose exit detectors
   are full is blocked, and so is a lane all of whose movements are: it neither calls nor
   extends, and a phase whose demand is all on blocked lanes is ended (``blocked``). A stale or
-  failed exit detector is never read as full.
+  failed exit detector is never read as full (:mod:`edge_agent.spillback`).
 
 Lanes map to phases through the intersection model (the phases serving a lane's vehicle
 movements, its approach's where no movement names the lane). Per phase this gives a
@@ -32,8 +32,8 @@ the advance loops over the last poll) summed over its lanes; ``gap_s``, the time
 actuation, and ``discharging``, the queue on lanes whose stop bar counted a departure within
 ``passage_s`` plus a poll, both over the lanes the phase serves whole (a protected turn is not
 kept green by the through traffic of a shared lane). A lane that one phase serves whole does not
-call a phase serving only part of it (:func:`lane_calls`: a left that also runs permissive with
-the through never calls its protected phase). A phase with a failed calling detector
+call a phase serving only part of it (:func:`~edge_agent.lane_calls.lane_calls`: a left that
+also runs permissive with the through never calls its protected phase). A phase with a failed calling detector
 (the phases :class:`~edge_agent.detector_health.DetectorHealth` puts on recall), or with no
 usable register at all, is not detected: the Actuator recalls it.
 
@@ -65,14 +65,15 @@ from edge_agent.actuation import (
     EXTEND, HOLD, SWITCH, ActuationParams, Actuator, Bounds, Decision, PhaseMeasure,
 )
 from edge_agent.detector_health import detector_phases
+from edge_agent.lane_calls import lane_calls, lane_movements, lane_phases
 from edge_agent.modbus_core import Reading as RegisterReading
 from edge_agent.modbus_core import counter_modulus
-from edge_agent.model import Contract, DetectorKind, Intersection, Turn, require_finite
+from edge_agent.model import Contract, DetectorKind, Intersection, require_finite
 from edge_agent.plan import TimingPlan
 from edge_agent.registers import Access, RegisterMap, Signal
+from edge_agent.spillback import ExitWatch
 
-__all__ = ["ActuationConfig", "LocalActuation", "actuation_coils", "lane_calls",
-           "lane_movements", "lane_phases"]
+__all__ = ["ActuationConfig", "LocalActuation", "actuation_coils"]
 
 #: Faster than this a counter increment is a reset (a controller restart), not traffic.
 _MAX_VEH_PER_S = 1.0
@@ -124,49 +125,6 @@ def actuation_coils(regmap: RegisterMap) -> dict[str, tuple[Signal, int]]:
             if r.signal in wanted and r.access == Access.WRITE and r.phase is not None}
 
 
-def lane_movements(intersection: Intersection) -> dict[str, frozenset[str]]:
-    """Per approach lane (and lane of a detector other than an exit detector), the vehicle
-    movements leaving it (a lane no movement names carries its approach's movements)."""
-    approach_of = {lane: a.id for a in intersection.approaches for lane in a.lanes}
-    vehicle = [m for m in intersection.movements if m.turn != Turn.PEDESTRIAN]
-    lanes = dict.fromkeys([*approach_of, *(lane for m in vehicle for lane in m.lanes),
-                           *(d.lane for d in intersection.detectors
-                             if d.kind != DetectorKind.EXIT)])
-    return {lane: frozenset({m.id for m in vehicle if lane in m.lanes} or
-                            {m.id for m in vehicle if m.approach == approach_of.get(lane)})
-            for lane in lanes}
-
-
-def lane_phases(intersection: Intersection) -> dict[str, dict[int, bool]]:
-    """Per lane, the phases serving its vehicle movements, each with whether it serves all of
-    them (a lane no movement names belongs to its approach's movements)."""
-    return {lane: {p.number: moves <= set(p.movements) for p in intersection.phases
-                   if moves & set(p.movements)}
-            for lane, moves in lane_movements(intersection).items()}
-
-
-def lane_calls(lane_phases: Mapping[str, Mapping[int, bool]],
-               partial_weight: float = 1.0) -> dict[int, dict[str, float]]:
-    """Per phase, the lanes whose vehicles call it and the weight each counts with.
-
-    ``lane_phases`` is, per lane, the phases serving its movements, each with whether it serves
-    all of them (:func:`lane_phases`). A lane counts 1 toward a phase serving all its
-    movements; toward one serving only some of them it counts 0 when another phase serves
-    them all (a left running permissive with the through in one phase and protected in
-    another: every vehicle of the lane goes in the first, so the protected phase is not called
-    by it, and, measured on the RESCO and generated networks, calling it cost more change time
-    than it saved), else ``partial_weight`` (the lane's turn has no other service; detectors
-    cannot tell which way its head turns, so it calls in part).
-    """
-    out: dict[int, dict[str, float]] = {}
-    for lane, phases in lane_phases.items():
-        whole_elsewhere = any(phases.values())
-        for n, whole in phases.items():
-            out.setdefault(n, {})[lane] = 1.0 if whole else \
-                0.0 if whole_elsewhere else partial_weight
-    return out
-
-
 @dataclass(slots=True)
 class _Loop:
     """A detector with a count, presence or occupancy register, and what it last said."""
@@ -198,18 +156,6 @@ class _Ring:
     green_start: float = 0.0
     decision: Decision | None = None
     switched: bool = False  # a switch was decided for this green: held to until it ends
-
-
-@dataclass(slots=True)
-class _Exit:
-    """An exit detector: its presence (or occupancy) register and since when it is occupied
-    without a break (None: free, or not known)."""
-
-    id: str
-    movements: frozenset[str]
-    presence: str | None = None
-    occupancy: str | None = None
-    occupied_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -250,7 +196,8 @@ class LocalActuation:
         self._lane_moves = lane_movements(x)
         self._lane_phases = lane_phases(x)
         self._calls_of = lane_calls(self._lane_phases)
-        self._exits: dict[str, _Exit] = {}
+        #: The exit detectors watched for spillback.
+        self.exits = ExitWatch(x, regmap, self.spillback_s)
         self._calls = detector_phases(x)
         detectors = {d.id: d for d in x.detectors}
         self._loops: dict[str, _Loop] = {}
@@ -266,12 +213,7 @@ class LocalActuation:
             if d is None or reg.signal not in (Signal.DETECTOR_COUNT, Signal.DETECTOR_PRESENCE,
                                                Signal.DETECTOR_OCCUPANCY):
                 continue
-            if d.kind == DetectorKind.EXIT:  # standing traffic, not counts, tells spillback
-                exit_ = self._exits.setdefault(d.id, _Exit(d.id, frozenset(d.movements)))
-                if reg.signal == Signal.DETECTOR_PRESENCE:
-                    exit_.presence = reg.name
-                elif reg.signal == Signal.DETECTOR_OCCUPANCY:
-                    exit_.occupancy = reg.name
+            if d.kind == DetectorKind.EXIT:  # watched for spillback (self.exits)
                 continue
             loop = self._loops.setdefault(d.id, _Loop(d.id, d.lane,
                                                       d.kind == DetectorKind.STOP_BAR))
@@ -309,12 +251,7 @@ class LocalActuation:
         self._snapshot = snapshot
         for loop in self._loops.values():
             self._observe_loop(loop)
-        for exit_ in self._exits.values():
-            r = self._fresh(exit_.presence) or self._fresh(exit_.occupancy)
-            if r is None or r.value is None or r.read_at is None or r.value <= 0:
-                exit_.occupied_since = None  # free, or not known: never read as full
-            elif exit_.occupied_since is None:
-                exit_.occupied_since = r.read_at
+        self.exits.observe(self._fresh)
         for ring in self._rings:
             r = self._fresh(ring.register)
             phase = int(r.value) if r is not None and r.value is not None else None
@@ -364,7 +301,7 @@ class LocalActuation:
         failed = frozenset(failed)
         recall = {p for d in failed for p in self._calls.get(d, ())}
         lanes = self._lanes(failed)
-        jammed = self._jammed(now, lanes, failed)
+        jammed = self.exits.blocked_lanes(now, self._lane_moves, lanes, failed)
         recent = self.params.passage_s + self.poll_period_s
         out: dict[int, PhaseMeasure] = {}
         for p in self.intersection.phases:
@@ -391,27 +328,6 @@ class LocalActuation:
                                   gap_s=max(0.0, now - last),
                                   blocked=bool(demand) and all(lane in jammed for lane in demand))
         return out
-
-    def full_exits(self, now: float, failed: Collection[str] = frozenset()) -> set[str]:
-        """The exit detectors occupied without a break for ``spillback_s`` or longer (a failed
-        one is never full: unknown is not read as spillback)."""
-        return {e.id for e in self._exits.values() if e.id not in failed and
-                e.occupied_since is not None and now - e.occupied_since >= self.spillback_s}
-
-    def _jammed(self, now: float, lanes: Mapping[str, _Lane],
-                failed: Collection[str]) -> set[str]:
-        """Lanes all of whose movements discharge only into full exits."""
-        if not self._exits:
-            return set()
-        full = self.full_exits(now, failed)
-        watched: dict[str, list[str]] = {}
-        for e in self._exits.values():
-            if e.id not in failed:
-                for m in e.movements:
-                    watched.setdefault(m, []).append(e.id)
-        blocked = {m for m, ids in watched.items() if all(i in full for i in ids)}
-        return {lane for lane in lanes
-                if self._lane_moves.get(lane) and self._lane_moves[lane] <= blocked}
 
     def _lanes(self, failed: frozenset[str]) -> dict[str, _Lane]:
         """Every lane with a usable register, from its working detectors."""

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.actuation import Actuator, Bounds, PhaseMeasure
-from edge_agent.local_actuation import lane_calls
+from edge_agent.lane_calls import lane_calls
 from edge_agent.model import Turn
 from optimizer.config import AdaptiveConfig, load_adaptive_config
 from optimizer.detectors import Zones
@@ -73,7 +73,7 @@ class AdaptiveController:
             self.phase_lanes[tls] = per_phase
             # A lane counts in full toward a phase that serves every movement leaving it, not
             # at all toward one that serves only some when another serves them all, else
-            # shared_lane_weight (edge_agent.local_actuation.lane_calls, as at the edge).
+            # shared_lane_weight (edge_agent.lane_calls, as at the edge).
             moves: dict[str, int] = collections.Counter(
                 links[m.id].from_lane for m in x.movements if m.turn != Turn.PEDESTRIAN)
             served = {p.number: collections.Counter(

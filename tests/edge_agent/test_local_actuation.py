@@ -17,7 +17,8 @@ import pytest
 from conftest import CONFIGS
 from edge_agent.actuation import ActuationParams
 from edge_agent.config import load_intersection, load_toml
-from edge_agent.local_actuation import ActuationConfig, LocalActuation, lane_calls, lane_phases
+from edge_agent.lane_calls import lane_calls, lane_phases
+from edge_agent.local_actuation import ActuationConfig, LocalActuation
 from edge_agent.modbus_core import Reading
 from edge_agent.model import (
     ApproachConfig, Detector, DetectorKind, Intersection, Movement, Phase, Turn,
@@ -301,7 +302,7 @@ def test_a_full_exit_ends_the_green_that_feeds_it_and_keeps_it_from_being_chosen
     writes = cab.poll()  # occupied 3 s without a break: full
     assert writes == {"hold_2": False, "force_off_2": True}
     assert "exit blocked (spillback) -> phase 4" in cab.decision()
-    assert cab.act.full_exits(cab.t) == {"N_out_0", "N_out_1"}
+    assert cab.act.exits.full(cab.t) == {"N_out_0", "N_out_1"}
     m = cab.act.measures(cab.t)
     assert m[2].blocked and m[2].queue == 0 and m[2].approaching == 0
     assert not m[4].blocked
@@ -323,25 +324,25 @@ def test_an_exit_counts_full_only_while_read_occupied_and_working():
     cab.poll(phase_ring1=2, exit_0=1, exit_1=1)
     for _ in range(3):
         cab.poll()
-    assert cab.act.full_exits(cab.t) == {"N_out_0", "N_out_1"}
-    assert cab.act.full_exits(cab.t, {"N_out_1"}) == {"N_out_0"}  # a failed one: not known
+    assert cab.act.exits.full(cab.t) == {"N_out_0", "N_out_1"}
+    assert cab.act.exits.full(cab.t, {"N_out_1"}) == {"N_out_0"}  # a failed one: not known
     assert not cab.act.measures(cab.t, {"N_out_1"})[2].blocked
     cab.stale.add("exit_1")  # a stale read is not believed either: the clock starts again
     cab.poll()
     cab.stale.clear()
     cab.poll()
-    assert cab.act.full_exits(cab.t) == {"N_out_0"}
+    assert cab.act.exits.full(cab.t) == {"N_out_0"}
     cab.stale.add("exit_0")  # presence unreadable: occupancy stands in for it
     cab.poll(exit_0_occ=0.4)
-    assert cab.act.full_exits(cab.t) == {"N_out_0"}
+    assert cab.act.exits.full(cab.t) == {"N_out_0"}
     cab.poll(exit_0_occ=0.0)
-    assert "N_out_0" not in cab.act.full_exits(cab.t)
+    assert "N_out_0" not in cab.act.exits.full(cab.t)
 
 
 def test_exit_detectors_are_not_lanes_of_traffic():
     act = LocalActuation(X_EXITS, MAP_EXITS)
     assert "elm-1st_N_out_0" not in lane_phases(X_EXITS)
-    assert act.spillback_s == 3.0 and not LocalActuation(X, MAP)._exits
+    assert act.exits.spillback_s == 3.0 and not LocalActuation(X, MAP).exits.ids
 
 
 # --- readings -------------------------------------------------------------------------------

@@ -536,7 +536,7 @@ def test_sumo_controller_serves_exit_detectors_for_spillback(corridor):
             time.sleep(0.05)
         assert seen > 0  # platoons from A0 pass the loops
         assert all(0.0 <= link.value(f"exit_occupancy_{i}") <= 1.0 for i in (0, 1))
-        assert act._exits.keys() == {"exit_A0B0_0", "exit_A0B0_1"}
+        assert act.exits.ids == {"exit_A0B0_0", "exit_A0B0_1"}
         assert vc.sim.error is None
     finally:
         link.stop()
