@@ -100,7 +100,7 @@ def test_planner_coordinates_a_generated_corridor_on_one_cycle(tmp_path):
     from simulation.net_import import import_net
     from simulation.signal_driver import guarded_clearance
 
-    cfg = generate_corridor(tmp_path, intersections=3, spacing_m=300.0)
+    generate_corridor(tmp_path, intersections=3, spacing_m=300.0)
     net_file = next(tmp_path.glob("*.net.xml"))
     imported, net = import_net(net_file), sumolib.net.readNet(str(net_file))
     phase_lanes = {}
