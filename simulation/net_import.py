@@ -30,7 +30,9 @@ import needs neither SUMO nor libsumo.
   lane never conflict.
 * Detectors, per controlled vehicle lane: a 2 m stop-bar loop 1 m upstream of the stop line, a
   2 m advance loop 40 m upstream (clipped to the lane; left out where the lane is too short to
-  keep it 5 m from the stop line), and a queue (lane-area) detector over the last 100 m.
+  keep it 5 m from the stop line), and a queue (lane-area) detector over the last 100 m; per
+  departure lane (not an approach of the same light), an ``exit`` spillback loop 10 m down it
+  (half the lane if shorter) naming the movements into it.
 * Cycle bounds: min(30 s, programme cycle) .. max(180 s, programme cycle with floors).
 
 Pedestrian crossings become pedestrian movements, but their phases time no crossing
@@ -68,6 +70,7 @@ LOOP_LENGTH_M = 2.0
 ADVANCE_M = 40.0
 ADVANCE_MIN_M = 5.0
 QUEUE_M = 100.0
+EXIT_M = 10.0  # spillback loops this far down each departure lane
 
 _TURNS = {"s": Turn.THROUGH, "l": Turn.LEFT, "L": Turn.LEFT, "r": Turn.RIGHT,
           "R": Turn.RIGHT, "t": Turn.UTURN}
@@ -284,10 +287,14 @@ class _TlsImport:
 
     def build(self, intersection_id: str) -> Intersection:
         approaches: dict[str, list[str]] = {}  # SUMO edge -> SUMO lanes, first seen first
+        exits: dict[str, list[str]] = {}  # departure lane -> the movements into it
         movements = []
         for index, conns in self.by_index.items():
             first = conns[0]
             pedestrian = self._is_pedestrian(first)
+            if not pedestrian:
+                for c in conns:
+                    exits.setdefault(c.to_lane_id, []).append(f"l{index}")
             edge = first.to_edge if pedestrian else first.from_edge
             lanes = list(dict.fromkeys(c.to_lane_id if pedestrian else c.from_lane_id
                                        for c in conns))
@@ -308,7 +315,8 @@ class _TlsImport:
             rings=((tuple(p.number for p in phases),),), conflicts=self._conflicts(),
             cycle_min=float(min(CYCLE_MIN_S, cycle)),
             cycle_max=float(max(CYCLE_MAX_S, cycle, floored_cycle)),
-            clearance_policy=ClearancePolicy.HARD_FLOORS, detectors=self._detectors(approaches))
+            clearance_policy=ClearancePolicy.HARD_FLOORS,
+            detectors=self._detectors(approaches) + self._exit_detectors(approaches, exits))
 
     def _approaches(self, approaches: dict[str, list[str]]) -> tuple[ApproachConfig, ...]:
         out = []
@@ -368,6 +376,23 @@ class _TlsImport:
                        and self.data.junctions[ja[0]].are_foes(ja[1], jb[1])
                        for ja in where[a] for jb in where[b]):
                     out.append((f"l{a}", f"l{b}"))
+        return tuple(out)
+
+    def _exit_detectors(self, approaches: dict[str, list[str]],
+                        exits: dict[str, list[str]]) -> tuple[Detector, ...]:
+        """A spillback loop ``EXIT_M`` down each departure lane, naming the movements into it
+        (a lane that is also an approach of this light, inside a joined cluster, has none)."""
+        inbound = {lane for lanes in approaches.values() for lane in lanes}
+        out = []
+        for lane_id, movements in exits.items():
+            lane = self.data.lanes.get(lane_id)
+            if lane is None or lane_id in inbound or lane.length <= 0.0:
+                continue
+            at = min(EXIT_M, lane.length / 2)
+            out.append(Detector(id=self.det_names(f"{lane_id}_exit"), kind=DetectorKind.EXIT,
+                                lane=self.lane_names(lane_id), position_m=at,
+                                length_m=min(LOOP_LENGTH_M, lane.length - at),
+                                movements=tuple(dict.fromkeys(movements))))
         return tuple(out)
 
     def _detectors(self, approaches: dict[str, list[str]]) -> tuple[Detector, ...]:

@@ -449,8 +449,10 @@ def test_sumo_controller_refuses_bad_timing_and_falls_back_on_a_stale_watchdog(c
         wait_until(lambda: link.reading("alarms").value == Alarm.WATCHDOG, timeout=10)
         fell_back = vc.sim.sim_time
         assert link.value("mode") == ControllerMode.LOCAL
-        wait_until(lambda: len(green_runs(vc, fell_back)) >= 3)
-        assert [round(g) for _, _, g in green_runs(vc, fell_back)][1:3] == [41, 41]
+        # The first reference-phase green after the fall-back may be stretched to find the
+        # programme's offset; after it the programme runs as written.
+        wait_until(lambda: len(green_runs(vc, fell_back)) >= 5)
+        assert [round(g) for _, _, g in green_runs(vc, fell_back)][3:5] == [41, 41]
     finally:
         link.stop()
         vc.stop()
@@ -504,26 +506,25 @@ def test_in_memory_command_line_serves_until_interrupted(configs_dir, capsys):
 
 @pytest.mark.integration
 def test_sumo_controller_serves_exit_detectors_for_spillback(corridor):
-    """A0's departure lanes toward B0 carry exit loops 10 m downstream; the virtual controller
-    serves their presence and occupancy, and local actuation reads them over Modbus."""
+    """The importer puts a spillback loop 10 m down each of A0's departure lanes, naming the
+    movements into it; the virtual controller serves their presence and occupancy, and local
+    actuation reads them over Modbus."""
     from edge_agent.local_actuation import LocalActuation
+    from edge_agent.model import DetectorKind
     from simulation.net_import import import_net
     from simulation.scenario import load_scenario
 
     imported = import_net(load_scenario(corridor).net_file)
     x = imported.intersections["A0"]
-    into = {lane: tuple(m for m, ref in imported.links["A0"].items() if ref.to_lane == lane)
+    exits = {d.lane: d for d in x.detectors if d.kind == DetectorKind.EXIT}
+    into = {lane: {m for m, ref in imported.links["A0"].items() if ref.to_lane == lane}
             for lane in ("A0B0_0", "A0B0_1")}
-    x = msgspec.structs.replace(x, detectors=(*x.detectors, *(
-        Detector(id=f"exit_{lane}", kind="exit", lane=lane, position_m=10.0,
-                 movements=into[lane]) for lane in into)))
-    imported.intersections["A0"] = x
-    regmap = register_map_for(x)
-    assert [r.name for r in regmap.registers if r.name.startswith("exit_")] == [
-        "exit_occupancy_0", "exit_occupancy_1", "exit_presence_0", "exit_presence_1"]
-    vc = VirtualController(regmap, scenario=corridor, imported=imported, tls_id="A0",
-                           speed=60.0, watchdog_timeout_s=60.0).start()
+    assert {lane: set(exits[lane].movements) for lane in into} == into
+    assert all(d.position_m == 10.0 for d in exits.values())
+    vc = serve(scenario=corridor, tls_id="A0", speed=60.0, watchdog_timeout_s=60.0)
     link = fast_link(vc)
+    names = [r.name for r in link.regmap.registers if r.name.startswith("exit_presence_")]
+    assert len(names) == len(exits)
     act = LocalActuation(x, link.regmap, poll_period_s=0.2)
     seen = 0.0
     try:
@@ -531,12 +532,12 @@ def test_sumo_controller_serves_exit_detectors_for_spillback(corridor):
         while vc.sim.sim_time < end and not seen:
             link.poll_now()
             act.observe(link.readings())
-            seen = max(link.value("exit_occupancy_0"), link.value("exit_occupancy_1"),
-                       link.value("exit_presence_0"), link.value("exit_presence_1"))
+            seen = max(link.value(n) for n in link.readings() if n.startswith("exit_"))
             time.sleep(0.05)
         assert seen > 0  # platoons from A0 pass the loops
-        assert all(0.0 <= link.value(f"exit_occupancy_{i}") <= 1.0 for i in (0, 1))
-        assert act.exits.ids == {"exit_A0B0_0", "exit_A0B0_1"}
+        assert all(0.0 <= link.value(n) <= 1.0
+                   for n in link.readings() if n.startswith("exit_occupancy_"))
+        assert act.exits.ids == {d.id for d in exits.values()}
         assert vc.sim.error is None
     finally:
         link.stop()
