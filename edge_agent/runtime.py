@@ -170,7 +170,7 @@ class EdgeRuntime:
             ("watchdog", f"controller {regmap.device.id} watchdog"),
             ("write", f"plan write to {regmap.device.id}"), ("uplink", "uplink"))}
         self.coils = ControllerCoils(
-            x, regmap, controller,
+            regmap, controller,
             LocalActuation(x, regmap, config.actuation_params,
                            jam_spacing_m=aggregation.jam_spacing_m,
                            poll_period_s=self.poll_period,

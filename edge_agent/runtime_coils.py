@@ -24,7 +24,6 @@ from collections.abc import Collection
 from edge_agent.errors import DeviceError
 from edge_agent.local_actuation import LocalActuation
 from edge_agent.modbus_core import HealthLog
-from edge_agent.model import Intersection
 from edge_agent.plan import TimingPlan
 from edge_agent.registers import RegisterMap, Signal
 from edge_agent.runtime_ports import ControllerPort, RuntimeStats
@@ -41,11 +40,10 @@ class ControllerCoils:
     map also has hold/force-off coils (said once at start either way).
     """
 
-    def __init__(self, intersection: Intersection, regmap: RegisterMap,
-                 controller: ControllerPort, actuation: LocalActuation, *,
+    def __init__(self, regmap: RegisterMap, controller: ControllerPort,
+                 actuation: LocalActuation, *,
                  actuation_enabled: bool, write_log: HealthLog, stats: RuntimeStats) -> None:
         self.controller, self.stats, self._log = controller, stats, write_log
-        self.intersection = intersection
         #: recall coil name -> phase, and the phases last put on recall (none of ours at start)
         self._recall_coils = {r.name: r.phase for r in regmap.registers
                               if r.signal == Signal.PHASE_RECALL and r.phase is not None}

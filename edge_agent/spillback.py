@@ -51,6 +51,11 @@ class ExitWatch:
                 exit_.presence = reg.name
             else:
                 exit_.occupancy = reg.name
+        #: movement -> the exit detectors watching it
+        self._watching: dict[str, list[str]] = {}
+        for e in self._exits.values():
+            for m in e.movements:
+                self._watching.setdefault(m, []).append(e.id)
 
     @property
     def ids(self) -> frozenset[str]:
@@ -77,11 +82,8 @@ class ExitWatch:
         exits."""
         if not self._exits:
             return set()
-        full = self.full(now, failed)
-        watched: dict[str, list[str]] = {}
-        for e in self._exits.values():
-            if e.id not in failed:
-                for m in e.movements:
-                    watched.setdefault(m, []).append(e.id)
-        blocked = {m for m, ids in watched.items() if all(i in full for i in ids)}
+        full = self.full(now, failed)  # never a failed one
+        blocked = {m for m, ids in self._watching.items()
+                   if any(i not in failed for i in ids)
+                   and all(i in full for i in ids if i not in failed)}
         return {lane for lane in lanes if lane_moves.get(lane) and lane_moves[lane] <= blocked}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.actuation import Actuator, Bounds, PhaseMeasure
-from edge_agent.lane_calls import lane_calls
+from edge_agent.lane_calls import lane_calls, lane_phases
 from edge_agent.model import Turn
 from optimizer.config import AdaptiveConfig, load_adaptive_config
 from optimizer.detectors import Zones
@@ -73,16 +73,13 @@ class AdaptiveController:
             self.phase_lanes[tls] = per_phase
             # A lane counts in full toward a phase that serves every movement leaving it, not
             # at all toward one that serves only some when another serves them all, else
-            # shared_lane_weight (edge_agent.lane_calls, as at the edge).
-            moves: dict[str, int] = collections.Counter(
-                links[m.id].from_lane for m in x.movements if m.turn != Turn.PEDESTRIAN)
-            served = {p.number: collections.Counter(
-                links[m].from_lane for m in p.movements
-                if x.movement_by_id[m].turn != Turn.PEDESTRIAN) for p in x.phases}
-            self.lane_weight[tls] = lane_calls(
-                {lane: {n: served[n][lane] >= moves[lane]
-                        for n in per_phase if lane in per_phase[n]} for lane in moves},
-                config.detection.shared_lane_weight)
+            # shared_lane_weight: the edge's rule (edge_agent.lane_calls) on the model's
+            # lanes, named back to SUMO's.
+            sumo = imported.lanes
+            self.lane_weight[tls] = {
+                n: {sumo.get(lane, lane): w for lane, w in weights.items()}
+                for n, weights in lane_calls(lane_phases(x),
+                                             config.detection.shared_lane_weight).items()}
         self.phase_exits = {tls: {n: sorted({o for outs in lanes.values() for o in outs})
                                   for n, lanes in ph.items()}
                             for tls, ph in self.phase_lanes.items()}

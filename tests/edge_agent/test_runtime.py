@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("pymodbus")
 
-from conftest import CONFIGS  # noqa: E402
+from conftest import CONFIGS, without_actuation_coils  # noqa: E402
 from edge_agent.admission import in_switch_window, next_cycle_boundary  # noqa: E402
 from edge_agent.agent_config import AgentConfig, load_agent_config  # noqa: E402
 from edge_agent.errors import DeviceError, PlanRejected  # noqa: E402
@@ -536,6 +536,13 @@ class Refusing:
         self.coils.append((name, value))
 
 
+def runtime_from(path: Path) -> EdgeRuntime:
+    """A runtime from an agent file, over a :class:`Refusing` controller and a fake link."""
+    config = load_agent_config(path)
+    return EdgeRuntime(config, Refusing(config, Clock(T0)),
+                       FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+
+
 def refusing_runtime(tmp_path: Path) -> tuple[Clock, Refusing, FakeLink, EdgeRuntime]:
     """A runtime (no start-up grace) over a :class:`Refusing` controller and a fake link."""
     config = load_agent_config(agent_file(tmp_path, startup_grace_s=0))
@@ -578,10 +585,8 @@ def test_a_map_without_a_watchdog_is_said_at_start(tmp_path, caplog):
     regmap = path.parent / "modbus-elm-1st.toml"
     regmap.write_text(regmap.read_text().replace('signal = "watchdog"\naccess = "write"',
                                                  'signal = "watchdog"'))
-    config = load_agent_config(path)
     caplog.set_level(logging.WARNING, logger="edge_agent.runtime")
-    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
-                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    rt = runtime_from(path)
     assert not rt._watchdog
     assert "no single allow-listed watchdog" in caplog.text
 
@@ -742,23 +747,16 @@ def test_coil_writes_that_fail_are_retried_and_said_once(tmp_path, caplog):
 def test_the_agent_file_sets_how_long_an_exit_must_stand_occupied(tmp_path):
     path = agent_file(tmp_path)
     path.write_text(path.read_text().replace("spillback_s = 3.0", "spillback_s = 5.0"))
-    config = load_agent_config(path)
-    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
-                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    rt = runtime_from(path)
     assert rt.actuation.spillback_s == 5.0
 
 
 def test_a_map_without_coils_runs_no_actuation_and_says_so(tmp_path, caplog):
     path = agent_file(tmp_path)
     regmap = path.parent / "modbus-elm-1st.toml"
-    text = regmap.read_text()
-    for signal in ("phase.hold", "phase.force_off"):
-        text = text.replace(f'signal = "{signal}"', 'signal = "phase.recall"')
-    regmap.write_text(text)
+    without_actuation_coils(regmap)
     caplog.set_level(logging.INFO, logger="edge_agent.runtime")
-    config = load_agent_config(path)
-    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
-                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    rt = runtime_from(path)
     assert not rt.actuation.available and rt.actuation_plan() is None
     assert "no allow-listed phase.hold/phase.force_off coils: local actuation is off" \
         in caplog.text
@@ -766,7 +764,5 @@ def test_a_map_without_coils_runs_no_actuation_and_says_so(tmp_path, caplog):
     path.write_text(path.read_text().replace("# enabled = true", "enabled = false"))
     regmap.write_text(regmap.read_text().replace('signal = "phase.recall"\nphase = 2\naccess',
                                                  'signal = "phase.hold"\nphase = 2\naccess', 1))
-    config = load_agent_config(path)
-    rt = EdgeRuntime(config, Refusing(config, Clock(T0)),
-                     FakeLink(site=SITE, intersection=X, on_inbound=lambda m: None), start=T0)
+    rt = runtime_from(path)
     assert rt.actuation.available and "([actuation] enabled = false)" in caplog.text

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS
+from conftest import CONFIGS, without_actuation_coils
 from edge_agent import cli
 from edge_agent.actuation import ActuationParams
 from edge_agent.agent_config import load_agent_config
@@ -92,11 +92,7 @@ def test_local_actuation_is_on_where_the_map_has_coils(tmp_path):
 
 def test_local_actuation_without_coils_is_off_or_refused(tmp_path):
     path = copy_configs(tmp_path)
-    regmap = path.parent / "modbus-elm-1st.toml"
-    text = regmap.read_text()
-    for signal in ("phase.hold", "phase.force_off"):
-        text = text.replace(f'signal = "{signal}"', 'signal = "phase.recall"')
-    regmap.write_text(text)
+    without_actuation_coils(path.parent / "modbus-elm-1st.toml")
     assert not load_agent_config(path).actuation_enabled  # by default: off
     path.write_text(path.read_text().replace("# enabled = true", "enabled = true"))
     with pytest.raises(ConfigError, match=r"needs phase.hold or phase.force_off coils.*"

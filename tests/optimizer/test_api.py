@@ -18,18 +18,10 @@ from optimizer.auth import UserStore
 from optimizer.operations import OperationsService
 from optimizer.state import KpiSnapshot, MemoryState
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ManualClock
 
 X = "main-oak"
 T0 = 1_796_112_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ class Centre:
     """Everything a test touches: service, state, clock, client and one token per role."""
 
     def __init__(self, site, peak, tick_every_s=None) -> None:
-        self.clock, self.state = Clock(), MemoryState()
+        self.clock, self.state = ManualClock(T0), MemoryState()
         self.audit, users = AuditLog(":memory:"), UserStore(":memory:")
         schedule = TimeOfDaySchedule(((0, peak),))
         self.service = OperationsService(

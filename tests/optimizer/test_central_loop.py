@@ -21,18 +21,10 @@ from optimizer.overrides import ExtendPhase
 from optimizer.region_plan import RegionPlanner
 from optimizer.state import MemoryState
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ManualClock
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC: the peak time-of-day plan runs
 PRIVATE, PUBLIC = generate_key()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeLink:
@@ -68,7 +60,7 @@ class Centre:
                  min_change_s=0.0) -> None:
         config = load_central_config(CONFIGS / "central.toml", check_key=False)
         self.site = config.site
-        self.clock, self.link = Clock(), FakeLink()
+        self.clock, self.link = ManualClock(T0), FakeLink()
         self.history = history or History(":memory:")
         self.state, self.audit = MemoryState(), AuditLog(":memory:")
         schedules = {x: TimeOfDaySchedule(e) for x, e in config.time_of_day.items()}

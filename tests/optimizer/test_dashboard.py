@@ -18,24 +18,16 @@ from edge_agent.messages import LaneMeasurement, Measurement
 from optimizer.dashboard import DASHBOARD_DIR, SECURITY_HEADERS, mount_dashboard
 from optimizer.state import KpiSnapshot, MemoryState, StateHistory
 
-from conftest import REPO
+from conftest import REPO, ManualClock
 from dashboard_centre import KPI_POINTS, Centre
 
 T0 = 1_796_112_000.0
 FILES = sorted(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def centre():
-    return Centre(Clock())
+    return Centre(ManualClock(T0))
 
 
 @pytest.fixture

@@ -30,19 +30,11 @@ from optimizer.override_store import OverrideStore, OverrideStoreError
 from optimizer.overrides import ExtendPhase
 from optimizer.state import MemoryState
 
-from conftest import CONFIGS
+from conftest import CONFIGS, ManualClock
 
 X = "elm-1st"
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 HOUR = 3600.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeLink:
@@ -95,7 +87,7 @@ plan = "{CONFIGS / 'plans' / 'elm-1st-offpeak.toml'}"
 class Centre:
     """One run of the central service on the files of ``folder``."""
 
-    def __init__(self, folder: Path, clock: Clock, tokens: dict[str, str]) -> None:
+    def __init__(self, folder: Path, clock: ManualClock, tokens: dict[str, str]) -> None:
         self.clock, self.tokens = clock, tokens
         self.service = CentralService(load_central_config(folder / "central.toml"),
                                       clock=clock)
@@ -144,11 +136,11 @@ def tokens(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
-def start(folder: Path, clock: Clock, tokens: dict[str, str]) -> Centre:
+def start(folder: Path, clock: ManualClock, tokens: dict[str, str]) -> Centre:
     return Centre(folder, clock, tokens)
 
 
