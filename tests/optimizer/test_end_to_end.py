@@ -132,9 +132,13 @@ def test_the_whole_loop_over_mosquitto_and_modbus(tmp_path: Path) -> None:
         with httpx.Client(base_url=run.url, headers=headers, timeout=10) as api:
             view = api.get(f"/api/v1/intersections/{x}")
             assert view.status_code == 200, view.text
-            cycle = view.json()["plan"]["cycle"]
+            # Half a cycle's offset shift: the same greens, so the guard accepts it whatever
+            # the plan in force (a longer cycle scales greens past max green when the plan's
+            # max green already sits at the configured cap, and is rightly refused).
+            cycle, offset = view.json()["plan"]["cycle"], view.json()["plan"]["offset"]
             answer = api.post("/api/v1/overrides", json={
-                "intersection_id": x, "pattern": {"kind": "fixed-cycle", "cycle": cycle + 20},
+                "intersection_id": x, "pattern": {"kind": "fixed-cycle", "cycle": cycle,
+                                                  "offset": (offset + cycle / 2) % cycle},
                 "duration_s": OVERRIDE_S, "reason": "end-to-end test: parade"})
             assert answer.status_code == 201, answer.text
             oid = answer.json()["plan"]["plan_id"]
